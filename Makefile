@@ -1,0 +1,32 @@
+# `make demo` and `make test` each create .venv and install what they need; both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+OPTIMUM_RBLN := optimum-rbln==0.12.0
+DEMO_STORE := artifacts
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/dev.txt requirements/constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: the CPU build that matches optimum-rbln's pin.
+	$(PIP) install -q torch==2.13.0
+	# optimum-rbln pins +cpu builds of torch/torchvision/torchaudio that PyPI lacks: install it alone,
+	# then the dependencies it really uses at the versions it pins.
+	$(PIP) install -q --no-deps $(OPTIMUM_RBLN)
+	$(PIP) install -q -r requirements/dev.txt -c requirements/constraints.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	RBLN_EVAL_SIMULATE=1 $(PY) scripts/demo.py --store $(DEMO_STORE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

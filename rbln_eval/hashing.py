@@ -1,0 +1,95 @@
+"""File hashing with a small persistent cache keyed by path, size and modification time.
+
+A 16 GB checkpoint should be hashed once, not on every run: :func:`file_sha256` remembers each file's
+digest under ``(absolute path, size, mtime_ns)`` in a JSON file in the user cache directory
+(``$RBLN_EVAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/rbln-eval``, else ``~/.cache/rbln-eval``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+CHUNK_SIZE = 8 * 1024 * 1024
+_MAX_CACHE_ENTRIES = 20_000
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Directory for rbln-eval's per-user caches."""
+    explicit = os.environ.get("RBLN_EVAL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rbln-eval"
+
+
+class HashCache:
+    """Persistent map from ``(path, size, mtime_ns)`` to sha256; stale entries never match."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "file-hashes.json"
+        self._entries: dict[str, str] | None = None
+        self._dirty: dict[str, str] = {}
+
+    @staticmethod
+    def _entry_key(path: Path) -> str:
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def _load(self) -> dict[str, str]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text())
+                self._entries = data if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def sha256(self, path: Path) -> str:
+        """sha256 of ``path``, from the cache when its size and mtime are unchanged."""
+        key = self._entry_key(path)
+        cached = self._load().get(key)
+        if cached is not None:
+            return cached
+        value = sha256_file(path)
+        self._load()[key] = value
+        self._dirty[key] = value
+        return value
+
+    def flush(self) -> None:
+        """Merge new entries into the cache file (best effort: a read-only cache is not an error)."""
+        if not self._dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock", timeout=30):
+                try:
+                    on_disk = json.loads(self.path.read_text())
+                    if not isinstance(on_disk, dict):
+                        on_disk = {}
+                except (OSError, ValueError):
+                    on_disk = {}
+                on_disk.update(self._dirty)
+                if len(on_disk) > _MAX_CACHE_ENTRIES:
+                    on_disk = dict(list(on_disk.items())[-_MAX_CACHE_ENTRIES:])
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hashes.")
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(on_disk, fh)
+                os.replace(tmp, self.path)
+            self._dirty.clear()
+        except OSError:
+            pass
