@@ -1,0 +1,1 @@
+"""Tests of the rebel SDK simulator (rbln_eval.sim)."""
