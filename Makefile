@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml requirements/dev.txt requirements/constraints.txt Makef
 test: install
 	$(PY) -m pytest -q
 
+# The embedded demo LM, compiled on the simulator (a second compile or run is a store hit), then scored.
+DEMO := RBLN_EVAL_SIMULATE=1 $(VENV)/bin/rbln-eval
+DEMO_MODEL := rbln_eval/demo/models/llama
 demo: install
-	RBLN_EVAL_SIMULATE=1 $(PY) scripts/demo.py --store $(DEMO_STORE)
+	$(DEMO) compile $(DEMO_MODEL) --batch-size 4 --store $(DEMO_STORE)
+	$(DEMO) run --model $(DEMO_MODEL) --batch-size 4 --store $(DEMO_STORE) \
+		--tasks demo --include_path rbln_eval/demo/tasks --output_path results/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

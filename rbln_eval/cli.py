@@ -7,6 +7,7 @@ exit with status 2; nothing in the store is changed by a command that fails that
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -305,12 +306,192 @@ def explain_command(
 
 
 # --------------------------------------------------------------------------------------------------
+# compile / run
+# --------------------------------------------------------------------------------------------------
+
+
+def _compile_options(
+    batch_size: Optional[int], max_seq_len: Optional[int], tp: Optional[int], logits: str,
+    dtype: Optional[str], rbln_config: Optional[str],
+):
+    from .compiler import CompileOptions, parse_rbln_config
+
+    return CompileOptions(
+        batch_size=batch_size, max_seq_len=max_seq_len, tp=tp, logits=logits, dtype=dtype,
+        extra=parse_rbln_config(rbln_config),
+    )
+
+
+def _compile_or_reuse(model: str, options, revision, npu, store: Store, force: bool, trust_remote_code: bool):
+    """Key the model, then reuse its bundle or compile it with a spinner; prints what happened."""
+    from .workflow import compile_bundle, plan_compile
+
+    request = plan_compile(model, options, revision=revision, npu=npu, trust_remote_code=trust_remote_code)
+    existing = None if force else store.lookup(request.key.digest)
+    if existing is not None:
+        err.print(f"bundle {request.key.digest[:12]} is already in {store.root}: nothing to compile")
+        return existing, False
+    err.print(
+        f"compiling {request.source.display} ({request.model_class}, {config_summary(request.compile_config, 80)}) "
+        f"for {request.target} into {store.root}"
+    )
+    with err.status("compiling (the log is kept in the bundle)…", spinner="dots"):
+        result = compile_bundle(
+            request, store, force=force, trust_remote_code=trust_remote_code,
+            on_wait=lambda message: err.print(message),
+        )
+    if result.built:
+        err.print(f"compiled in {result.bundle.manifest.build_seconds:.1f}s")
+    else:
+        err.print("another process compiled it meanwhile: reusing its bundle")
+    return result.bundle, result.built
+
+
+@app.command("compile")
+def compile_command(
+    model: str = typer.Argument(..., help="Hub model id (org/name) or local model directory."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit."),
+    tp: Optional[int] = typer.Option(None, "--tp", help="Tensor parallelism: NPUs per replica."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Compiled batch size."),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Compiled sequence length (default: the model's)."),
+    logits: str = typer.Option("all", "--logits", help="Causal LMs: 'all' keeps every position's logits (one prefill per request), 'last' only the last."),
+    npu: Optional[str] = typer.Option(None, "--npu", help="Target NPU, e.g. RBLN-CA25 (default: the installed device)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype, e.g. float32."),
+    rbln_config: Optional[str] = typer.Option(None, "--rbln-config", help="Other optimum-rbln compile options: JSON or @file.json."),
+    store: Optional[Path] = StoreOption,
+    force: bool = typer.Option(False, "--force", help="Compile again even if the bundle exists."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code (off by default)."),
+) -> None:
+    """Compile a model once into a content-addressed bundle (a hit compiles nothing).
+
+    Example: rbln-eval compile meta-llama/Llama-3.2-1B --tp 4 --max-seq-len 4096
+    """
+    st = _store(store)
+    options = _compile_options(batch_size, max_seq_len, tp, logits, dtype, rbln_config)
+    bundle, _ = _compile_or_reuse(model, options, revision, npu, st, force, trust_remote_code)
+    out.print(f"{bundle.digest}  {bundle.path}")
+
+
+def _split_tasks(tasks: str) -> list[str]:
+    return [t.strip() for t in tasks.split(",") if t.strip()]
+
+
+@app.command("run")
+def run_command(
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle: digest, prefix, alias or path."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to compile on a miss (with the compile options)."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm_eval task names."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num_fewshot", "--num-fewshot"),
+    limit: Optional[float] = typer.Option(None, "--limit", help="Documents per task (or a fraction)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch_size", "--batch-size", help="Compiled batch size when compiling with --model."),
+    output_path: Optional[str] = typer.Option(None, "--output_path", "--output-path", "-o"),
+    log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", "-s"),
+    include_path: Optional[str] = typer.Option(None, "--include_path", "--include-path"),
+    gen_kwargs: Optional[str] = typer.Option(None, "--gen_kwargs", "--gen-kwargs"),
+    apply_chat_template: bool = typer.Option(False, "--apply_chat_template", "--apply-chat-template"),
+    fewshot_as_multiturn: bool = typer.Option(False, "--fewshot_as_multiturn", "--fewshot-as-multiturn"),
+    seed: Optional[str] = typer.Option(None, "--seed"),
+    use_cache: Optional[str] = typer.Option(None, "--use_cache", "--use-cache", help="Request cache path prefix (per bundle)."),
+    device: Optional[str] = typer.Option(None, "--device", help="NPU index or range (npu:0, 0-3)."),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+    tp: Optional[int] = typer.Option(None, "--tp"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len"),
+    logits: str = typer.Option("all", "--logits"),
+    npu: Optional[str] = typer.Option(None, "--npu"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    rbln_config: Optional[str] = typer.Option(None, "--rbln-config"),
+    store: Optional[Path] = StoreOption,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    show_config: bool = typer.Option(False, "--show_config", "--show-config", help="Print the full results JSON."),
+) -> None:
+    """Evaluate a bundle with lm-evaluation-harness (compiling it first with --model on a miss).
+
+    Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
+    """
+    from .evaluation import EvalOptions, evaluate, parse_seed, summary_json, task_manager_for
+    from .lm import RBLNLM, _parse_device
+    from .loader import load_bundle
+
+    if bool(artifact) == bool(model):
+        raise RblnEvalError("pass exactly one of --artifact REF or --model MODEL")
+    task_list = _split_tasks(tasks)
+    options = EvalOptions(
+        tasks=task_list, num_fewshot=num_fewshot, limit=limit, output_path=output_path, log_samples=log_samples,
+        include_path=include_path, gen_kwargs=gen_kwargs, apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn or None, seed=parse_seed(seed), use_cache=use_cache,
+    )
+    manager = task_manager_for(task_list, include_path)  # fail on unknown tasks before loading anything
+    device_index = _parse_device(device)
+    st = _store(store)
+    compiled_now = False
+    if artifact:
+        bundle = st.resolve(artifact)
+    else:
+        compile_batch = None
+        if batch_size is not None:
+            try:
+                compile_batch = int(batch_size)
+            except ValueError:
+                raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
+        opts = _compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config)
+        bundle, compiled_now = _compile_or_reuse(model, opts, revision, npu, st, False, trust_remote_code)
+    with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
+        loaded = load_bundle(bundle, device=device_index)
+    err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}) in {loaded.load_seconds:.1f}s")
+    lm = RBLNLM(loaded=loaded)
+    lm.compiled_now = compiled_now
+    results = evaluate(lm, options, task_manager=manager)
+    if results is None:
+        return
+    from lm_eval.utils import make_table
+
+    if show_config:
+        out.print(summary_json({k: v for k, v in results.items() if k != "samples"}), markup=False)
+    info = results["config"]["rbln"]
+    out.print(
+        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), limit: {limit}, num_fewshot: {num_fewshot}, "
+        f"batch_size: {info['batch_size']}",
+        markup=False,
+    )
+    out.print(make_table(results), markup=False)
+    if "groups" in results:
+        out.print(make_table(results, "groups"), markup=False)
+    counters = ", ".join(f"{g}: {c['calls']} calls / {c['tokens']} tokens" for g, c in info["device_counters"].items())
+    err.print(
+        f"load {info['load_seconds']:.1f}s, eval {info['eval_seconds']:.1f}s, "
+        f"{info['requests']} requests ({info['requests_per_second'] or 0:.1f}/s); device: {counters}"
+    )
+
+
+app.command("eval", help="Alias of `run`.\n\nExample: rbln-eval eval --artifact 3f2a9c --tasks hellaswag")(run_command)
+
+
+@app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def lm_eval_command(ctx: typer.Context) -> None:
+    """Run lm_eval's own CLI with the `rbln` model registered (all arguments are lm_eval's).
+
+    Example: rbln-eval lm-eval run --model rbln --model_args artifact=3f2a9c --tasks lambada_openai
+    """
+    import lm_eval.__main__ as lm_eval_main
+
+    from . import lm as _registers_rbln  # noqa: F401
+
+    sys.argv = ["lm_eval", *ctx.args]
+    lm_eval_main.cli_evaluate()
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit status 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv, prog_name="rbln-eval")
     except RblnEvalError as exc:

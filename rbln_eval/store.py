@@ -443,21 +443,26 @@ class Store:
         info: Mapping[str, Any] | None = None,
         retry_failed: bool = True,
         on_wait: Callable[[str], None] | None = None,
+        force: bool = False,
     ) -> BuildResult:
         """The bundle for ``key``: the stored one, or built once by ``builder`` and published atomically.
 
         Concurrent callers for one key wait for the first builder and reuse its bundle. A failed build leaves
         a failure record (see :meth:`failure`); the next call tries again unless ``retry_failed`` is false.
+        ``force`` rebuilds even if the bundle exists (or is damaged); the old one is replaced only once the
+        new one is complete.
         """
         digest = key.digest
-        bundle = self.lookup(digest)
-        if bundle is not None:
-            return BuildResult(bundle, built=False)
-        self.ensure_writable()
-        with self._locked(digest, on_wait):
+        if not force:
             bundle = self.lookup(digest)
             if bundle is not None:
                 return BuildResult(bundle, built=False)
+        self.ensure_writable()
+        with self._locked(digest, on_wait):
+            if not force:
+                bundle = self.lookup(digest)
+                if bundle is not None:
+                    return BuildResult(bundle, built=False)
             failure = self.failure(digest)
             if failure is not None and not retry_failed:
                 raise BuildFailedError(
@@ -465,7 +470,7 @@ class Store:
                     f"see {self.failures_dir / (digest + '.json')}, or retry"
                 )
             self._clean_tmp(digest)
-            return self._build(key, builder, dict(info or {}))
+            return self._build(key, builder, dict(info or {}), replace=force)
 
     def _new_tmp(self, digest: str) -> Path:
         name = f"{digest}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -473,7 +478,7 @@ class Store:
         path.mkdir(parents=True)
         return path
 
-    def _build(self, key: BundleKey, builder: Builder, info: dict[str, Any]) -> BuildResult:
+    def _build(self, key: BundleKey, builder: Builder, info: dict[str, Any], replace: bool = False) -> BuildResult:
         digest = key.digest
         tmp = self._new_tmp(digest)
         started = time.monotonic()
@@ -498,6 +503,8 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         final = self.bundle_path(digest)
+        if replace and final.exists():
+            os.rename(final, self.tmp_dir / f"deleted.{digest}.{secrets.token_hex(4)}")
         try:
             os.rename(tmp, final)
         except OSError as exc:
@@ -509,6 +516,8 @@ class Store:
                 raise
             return BuildResult(existing, built=False)
         fsync_dir(self.bundles_dir)
+        for leftover in self.tmp_dir.glob(f"deleted.{digest}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         self.clear_failure(digest)
         return BuildResult(Bundle(path=final, manifest=manifest), built=True)
 

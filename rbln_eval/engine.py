@@ -1,0 +1,194 @@
+"""Request scheduling over a compiled model's batch rows: prefill once, then batched decode steps.
+
+An NPU bundle has fixed shapes: a prefill graph that fills one batch row's KV cache from a prompt, and a
+decode graph that advances every row by one token. Each request is a small *program* (a generator) that
+first yields :class:`Open` (prefill a row, or run the encoder) and then :class:`Step` (one token at one
+position), receiving logits back. :func:`run_programs` keeps every row busy: a row whose program ends is
+refilled with the next program while the others continue, and all pending steps go to the device in one
+decode call.
+
+Loglikelihood programs share a context: the context is prefilled once per group of requests (multiple
+choice), every choice's first token is read off the prefill logits, and later tokens are teacher-forced
+decode steps — a row's positions after the context are simply overwritten by the next choice. Prefill is
+never re-run per continuation token.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterable, Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Open:
+    """Prefill a row with ``tokens`` (causal) or encode them (seq2seq)."""
+
+    tokens: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Feed ``token`` at ``position`` of the row; the program receives the logits for the next position."""
+
+    token: int
+    position: int
+
+
+Program = Generator["Open | Step", "torch.Tensor | None", object]
+
+
+class Backend(Protocol):
+    """The device side: one prefill/encode per row, one batched decode step for all rows."""
+
+    batch_size: int
+    full_logits: bool
+    is_seq2seq: bool
+    decoder_start_token_id: int | None
+
+    def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor | None:
+        """Prefill/encode ``row``; causal: logits ``[n, vocab]`` for the last n input positions."""
+
+    def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
+        """One decode step over all rows; returns logits ``[batch, vocab]``."""
+
+
+def run_programs(
+    backend: Backend,
+    programs: Iterable[Program],
+    on_result: Callable[[int, object], None] | None = None,
+    pad_token: int = 0,
+) -> list[object]:
+    """Run ``programs`` over the backend's rows; results in program order."""
+    pending = deque(enumerate(programs))
+    rows: list[tuple[int, Program, Step] | None] = [None] * backend.batch_size
+    results: dict[int, object] = {}
+
+    def finish(index: int, value: object) -> None:
+        results[index] = value
+        if on_result is not None:
+            on_result(index, value)
+
+    def advance(index: int, program: Program, value: torch.Tensor | None) -> Step | None:
+        try:
+            request = program.send(value)
+        except StopIteration as stop:
+            finish(index, stop.value)
+            return None
+        if not isinstance(request, Step):
+            raise RuntimeError(f"a program may open its row only once, got {request!r}")
+        return request
+
+    while pending or any(rows):
+        for row in range(backend.batch_size):
+            while rows[row] is None and pending:
+                index, program = pending.popleft()
+                request = next(program)
+                if not isinstance(request, Open):
+                    raise RuntimeError(f"a program must open its row first, got {request!r}")
+                step = advance(index, program, backend.open(row, request.tokens))
+                if step is not None:
+                    rows[row] = (index, program, step)
+        if not any(rows):
+            break
+        active = [slot is not None for slot in rows]
+        tokens = [slot[2].token if slot else pad_token for slot in rows]
+        positions = [slot[2].position if slot else 0 for slot in rows]
+        logits = backend.step(tokens, positions, active)
+        for row, slot in enumerate(rows):
+            if slot is None:
+                continue
+            index, program, _ = slot
+            step = advance(index, program, logits[row])
+            rows[row] = (index, program, step) if step is not None else None
+    return [results[i] for i in range(len(results))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Programs
+# --------------------------------------------------------------------------------------------------
+
+
+class _Score:
+    """Running log-probability and greediness of one continuation."""
+
+    __slots__ = ("logprob", "greedy")
+
+    def __init__(self) -> None:
+        self.logprob = 0.0
+        self.greedy = True
+
+    def add(self, logits: torch.Tensor, target: int) -> None:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        self.logprob += float(logprobs[target])
+        self.greedy = self.greedy and int(logits.argmax()) == target
+
+
+def loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+    """Score every continuation of one context: ``[(logprob, is_greedy), ...]``.
+
+    Causal: prefill the context (with a full-logit bundle, plus the longest continuation, whose tokens are
+    then all read off the prefill); other tokens are teacher-forced decode steps from the context's end.
+    Seq2seq: encode the context, then decoder steps from the start token.
+    """
+    scores = [_Score() for _ in continuations]
+    prefilled: int | None = None
+    if backend.is_seq2seq:
+        opened = yield Open(context)
+        assert opened is None
+        first = yield Step(int(backend.decoder_start_token_id), 0)
+        base = 1
+    else:
+        if backend.full_logits:
+            prefilled = max(range(len(continuations)), key=lambda i: len(continuations[i]))
+            longest = continuations[prefilled]
+            logits = yield Open(list(context) + list(longest[:-1]))
+            assert logits is not None
+            offset = len(context) - 1
+            for j in range(1, len(longest)):
+                scores[prefilled].add(logits[offset + j], longest[j])
+            first = logits[offset]
+        else:
+            logits = yield Open(context)
+            assert logits is not None
+            first = logits[-1]
+        base = len(context)
+    for score, continuation in zip(scores, continuations):
+        score.add(first, continuation[0])
+    for i, continuation in enumerate(continuations):
+        if i == prefilled:
+            continue
+        for j in range(1, len(continuation)):
+            logits = yield Step(continuation[j - 1], base + j - 1)
+            scores[i].add(logits, continuation[j])
+    return [(s.logprob, s.greedy) for s in scores]
+
+
+def greedy_program(
+    backend: Backend,
+    context: Sequence[int],
+    max_new_tokens: int,
+    max_position: int,
+    stop: Callable[[list[int]], bool],
+    eos_token_ids: frozenset[int],
+) -> Program:
+    """Greedy decoding until an EOS token, ``stop(tokens)``, ``max_new_tokens`` or the compiled length."""
+    if backend.is_seq2seq:
+        yield Open(context)
+        logits = yield Step(int(backend.decoder_start_token_id), 0)
+        position = 1
+    else:
+        prefill = yield Open(context)
+        assert prefill is not None
+        logits = prefill[-1]
+        position = len(context)
+    generated: list[int] = []
+    while True:
+        token = int(logits.argmax())
+        generated.append(token)
+        if token in eos_token_ids or len(generated) >= max_new_tokens or position >= max_position or stop(generated):
+            return generated
+        logits = yield Step(token, position)
+        position += 1

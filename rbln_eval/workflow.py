@@ -1,0 +1,108 @@
+"""From a model and compile options to a stored bundle: key it, find it, or compile it once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any, Callable
+
+from .compiler import CompileOptions, compile_into, inspect_model
+from .identity import BundleKey, ModelSource, resolve_source, resolve_target
+from .store import Bundle, BuildContext, BuildResult, Store
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """A model to compile: its pinned source, detected class, normalized config and target."""
+
+    source: ModelSource
+    model_class: str
+    compile_config: dict[str, Any]
+    target: str
+    key: BundleKey
+
+    @property
+    def npu(self) -> str:
+        """The device name optimum-rbln compiles for (the target without the simulator mark)."""
+        return self.target.removeprefix("SIM-")
+
+    @property
+    def alias(self) -> str:
+        tag = " ".join(f"{k}={v}" for k, v in self.key.compile.items() if k in ("batch_size", "max_seq_len", "num_devices", "logits_to_keep"))
+        short = tag.replace("batch_size=", "bs").replace("max_seq_len=", "len").replace("num_devices=", "tp")
+        short = short.replace("logits_to_keep=0", "all").replace("logits_to_keep=1", "last").replace(" ", "-")
+        model = self.source.id if self.source.kind == "hub" else self.source.display.split("@")[0]
+        revision = (self.source.revision or self.source.digest or "")[:12]
+        return f"{model}@{revision}:{short}"
+
+
+def plan_compile(
+    model: str,
+    options: CompileOptions,
+    revision: str | None = None,
+    npu: str | None = None,
+    token: str | bool | None = None,
+    trust_remote_code: bool = False,
+) -> CompileRequest:
+    """Resolve ``model`` and ``options`` to a bundle key without compiling anything."""
+    source = resolve_source(model, revision, token=token)
+    model_class, config = inspect_model(source, token=token, trust_remote_code=trust_remote_code)
+    rbln_config = options.rbln_config(model_class)
+    default_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if default_len:
+        if model_class == "causal":
+            rbln_config.setdefault("max_seq_len", int(default_len))
+        else:
+            rbln_config.setdefault("enc_max_seq_len", int(default_len))
+            rbln_config.setdefault("dec_max_seq_len", int(default_len))
+    target = resolve_target(npu)
+    key = BundleKey.build(source, model_class, rbln_config, target)
+    return CompileRequest(source, model_class, key.compile, target, key)
+
+
+def compile_bundle(
+    request: CompileRequest,
+    store: Store,
+    *,
+    force: bool = False,
+    token: str | bool | None = None,
+    trust_remote_code: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+    echo: IO[str] | None = None,
+) -> BuildResult:
+    """The bundle for ``request``: from the store, or compiled once (``force`` rebuilds it)."""
+
+    def build(ctx: BuildContext) -> None:
+        log: IO[str] = ctx.log if echo is None else _Tee(ctx.log, echo)
+        compile_into(
+            ctx.path, request.source, request.model_class, request.compile_config, request.npu, log,
+            token=token, trust_remote_code=trust_remote_code,
+        )
+
+    info = {
+        "model": request.source.id if request.source.kind == "hub" else request.source.display.split("@")[0],
+        "model_path": request.source.id,
+        "alias": request.alias,
+    }
+    result = store.get_or_build(request.key, build, info=info, on_wait=on_wait, force=force)
+    store.set_ref(request.alias, result.bundle.digest)
+    return result
+
+
+def find_bundle(request: CompileRequest, store: Store) -> Bundle | None:
+    return store.lookup(request.key.digest)
+
+
+class _Tee:
+    """Write to the bundle's build log and echo to the terminal."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
