@@ -291,6 +291,34 @@ class GcItem:
     path: Path
 
 
+def check_files(
+    root: Path, manifest: Manifest, on_bytes: Callable[[int], None] | None = None
+) -> list[VerifyProblem]:
+    """Compare a directory with a manifest by full sha256: every listed file, nothing else, regular files only."""
+    problems: list[VerifyProblem] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            problems.append(VerifyProblem(rel, "not a regular file"))
+        elif path.is_file() and rel not in manifest.files:
+            problems.append(VerifyProblem(rel, "not in the manifest"))
+    for name, entry in sorted(manifest.files.items()):
+        path = root / name
+        if path.is_symlink() or not path.is_file():
+            problems.append(VerifyProblem(name, "missing"))
+            continue
+        size = path.stat().st_size
+        if size != entry.size:
+            problems.append(VerifyProblem(name, f"size {size} != {entry.size}"))
+        elif sha256_file(path) != entry.sha256:
+            problems.append(VerifyProblem(name, "sha256 mismatch"))
+        if on_bytes is not None:
+            on_bytes(entry.size)
+    return problems
+
+
 def _utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -521,6 +549,78 @@ class Store:
         self.clear_failure(digest)
         return BuildResult(Bundle(path=final, manifest=manifest), built=True)
 
+    def adopt(
+        self,
+        manifest: Manifest,
+        fill: Callable[[Path], None],
+        *,
+        manifest_text: str | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> BuildResult:
+        """Publish a bundle whose files come from elsewhere (a remote), checked against ``manifest``.
+
+        ``fill(path)`` writes the files into a temporary directory. Every file is then checked against the
+        manifest (sha256 and size); a missing, altered, unexpected or non-regular file raises
+        :class:`CorruptBundleError` and nothing is published. ``manifest_text`` is written verbatim (so the
+        published manifest is byte-identical to the remote one); it must parse to ``manifest``.
+        """
+        digest = manifest.digest
+        if manifest_text is not None and Manifest.from_json(json.loads(manifest_text), "the adopted manifest") != manifest:
+            raise CorruptBundleError(f"bundle {digest[:12]}: the manifest text does not match the manifest")
+        bundle = self.lookup(digest)
+        if bundle is not None:
+            return BuildResult(bundle, built=False)
+        self.ensure_writable()
+        lock_path = self.locks_dir / f"{digest}.lock"
+        fresh_lock = not lock_path.exists()
+        try:
+            return self._adopt_locked(manifest, fill, manifest_text, on_wait)
+        except BaseException:
+            if fresh_lock:  # a refused adoption leaves no trace (publishing never relies on the lock)
+                lock_path.unlink(missing_ok=True)
+            raise
+
+    def _adopt_locked(
+        self,
+        manifest: Manifest,
+        fill: Callable[[Path], None],
+        manifest_text: str | None,
+        on_wait: Callable[[str], None] | None,
+    ) -> BuildResult:
+        digest = manifest.digest
+        with self._locked(digest, on_wait):
+            bundle = self.lookup(digest)
+            if bundle is not None:
+                return BuildResult(bundle, built=False)
+            self._clean_tmp(digest)
+            tmp = self._new_tmp(digest)
+            try:
+                fill(tmp)
+                problems = check_files(tmp, manifest)
+                if problems:
+                    shown = "; ".join(f"{p.file}: {p.reason}" for p in problems[:3])
+                    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                    raise CorruptBundleError(f"refused bundle {digest[:12]}: {shown}{more}; nothing was stored")
+                if manifest_text is None:
+                    write_manifest(tmp, manifest)
+                else:
+                    (tmp / MANIFEST_NAME).write_text(manifest_text)
+                fsync_tree(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            final = self.bundle_path(digest)
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                existing = self.lookup(digest) if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) else None
+                if existing is None:
+                    raise
+                return BuildResult(existing, built=False)
+            fsync_dir(self.bundles_dir)
+            return BuildResult(Bundle(path=final, manifest=manifest), built=True)
+
     def _clean_tmp(self, digest: str) -> None:
         """Remove leftovers of builds of ``digest`` that died (called with the key lock held)."""
         if not self.tmp_dir.is_dir():
@@ -615,25 +715,8 @@ class Store:
 
     # maintenance --------------------------------------------------------------------------------
     def verify(self, bundle: Bundle, on_bytes: Callable[[int], None] | None = None) -> list[VerifyProblem]:
-        """Re-hash every file; list missing, resized, altered and unexpected files."""
-        problems: list[VerifyProblem] = []
-        for name, entry in sorted(bundle.manifest.files.items()):
-            path = bundle.path / name
-            if not path.is_file():
-                problems.append(VerifyProblem(name, "missing"))
-                continue
-            size = path.stat().st_size
-            if size != entry.size:
-                problems.append(VerifyProblem(name, f"size {size} != {entry.size}"))
-            elif sha256_file(path) != entry.sha256:
-                problems.append(VerifyProblem(name, "sha256 mismatch"))
-            if on_bytes is not None:
-                on_bytes(entry.size)
-        for path in sorted(bundle.path.rglob("*")):
-            rel = path.relative_to(bundle.path).as_posix()
-            if (path.is_file() or path.is_symlink()) and rel != MANIFEST_NAME and rel not in bundle.manifest.files:
-                problems.append(VerifyProblem(rel, "not in the manifest"))
-        return problems
+        """Re-hash every file; list missing, resized, altered, unexpected and non-regular files."""
+        return check_files(bundle.path, bundle.manifest, on_bytes)
 
     def remove(self, bundle: Bundle) -> list[str]:
         """Delete a stored bundle and the aliases that point to it; returns the removed aliases."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 from .compiler import CompileOptions, compile_into, inspect_model
 from .identity import BundleKey, ModelSource, resolve_source, resolve_target
 from .store import Bundle, BuildContext, BuildResult, Store
+
+if TYPE_CHECKING:
+    from .remotes import Remote
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,30 @@ def compile_bundle(
     return result
 
 
-def find_bundle(request: CompileRequest, store: Store) -> Bundle | None:
-    return store.lookup(request.key.digest)
+def find_or_pull(
+    request: CompileRequest,
+    store: Store,
+    remotes: Sequence[Remote] = (),
+    notify: Callable[[str], None] | None = None,
+) -> tuple[Bundle, str | None] | None:
+    """The bundle for ``request`` without compiling: the local store's, else pulled from the first remote
+    that has its key. Returns ``(bundle, remote name or None)``, or ``None`` when nobody has the key.
+
+    Unreachable remotes are skipped (``notify`` says so); a remote bundle that fails verification raises.
+    """
+    bundle = store.lookup(request.key.digest)
+    if bundle is not None:
+        return bundle, None
+    if not remotes:
+        return None
+    from .remotes.pull import pull_digest
+
+    pulled = pull_digest(request.key.digest, store, list(remotes), notify)
+    if pulled is None:
+        return None
+    if store.read_ref(request.alias) is None:
+        store.set_ref(request.alias, pulled.bundle.digest)
+    return pulled.bundle, pulled.source.remote
 
 
 class _Tee:
