@@ -18,6 +18,8 @@ Other environment variables (read at use):
 - `RBLN_EVAL_SIM_DEVICES` (default 8), `RBLN_EVAL_SIM_NPU` (default `RBLN-CA25`): the simulated node.
 - `RBLN_EVAL_SIM_LATENCY_MS`: fixed extra latency of every runtime call, in milliseconds.
 - `RBLN_EVAL_SIM_COUNTERS_FILE`: write the call counters there as JSON at exit.
+- `RBLN_EVAL_SIM_PERTURB` (tests only): add `value * sin(i)` to the i-th element of every
+  floating-point runtime output, so scores drift from the reference like a faulty toolchain's would.
 
 Counters: `counters()` returns `{graph: {"calls", "input_tokens", "seconds"}}` (see
 `rbln_eval.sim.counting` module docs for what is counted), `reset_counters()` zeroes them,

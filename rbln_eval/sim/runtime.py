@@ -16,6 +16,7 @@ from .compiled import RBLNCompiledModel, _torch_dtype
 __all__ = ["ENV_LATENCY_MS", "Runtime"]
 
 ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
+ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
 
 
 def _latency_seconds() -> float:
@@ -29,6 +30,25 @@ def _latency_seconds() -> float:
     if value < 0:
         raise ValueError(f"{ENV_LATENCY_MS} must not be negative, got {raw!r}")
     return value / 1000.0
+
+
+def _perturbation() -> float:
+    """Test-only: the ``RBLN_EVAL_SIM_PERTURB`` amplitude (0 when unset)."""
+    raw = os.environ.get(ENV_PERTURB, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PERTURB} must be a number, got {raw!r}") from None
+
+
+def _perturbed(result: Any, amplitude: float) -> Any:
+    """``result + amplitude * sin(i)`` over its flattened elements (floating-point outputs only)."""
+    if not isinstance(result, torch.Tensor) or not result.is_floating_point():
+        return result
+    noise = torch.sin(torch.arange(result.numel(), dtype=torch.float64)).reshape(result.shape)
+    return result + (amplitude * noise).to(result.dtype)
 
 
 class Runtime:
@@ -154,6 +174,9 @@ class Runtime:
         graph_inputs = [bound[ref] if kind == "arg" else ref for kind, ref in self._slots]
         with self._pool.run_lock:
             results = self._program(graph_inputs)
+        perturb = _perturbation()
+        if perturb:
+            results = [_perturbed(result, perturb) for result in results]
         delay = _latency_seconds()
         if delay:
             time.sleep(delay)

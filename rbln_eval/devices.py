@@ -1,0 +1,319 @@
+"""The devices of this machine, in priority order NPU → CUDA → CPU, and how replicas are placed on NPUs.
+
+NPUs come from the ``rebel`` SDK (``device_count``, ``get_npu_name``, ``npu_is_available``), enriched with
+``rbln-stat -j`` when that command is on ``PATH`` (memory, temperature, PCI bus, and the contexts that show
+which devices are busy). CUDA devices come from torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError, RblnEvalError
+
+logger = logging.getLogger(__name__)
+
+RBLN_STAT = "rbln-stat"
+RBLN_STAT_TIMEOUT = 15.0
+
+
+class DevicePlacementError(RblnEvalError):
+    """Devices asked for do not exist, or do not split into replicas of the bundle's tensor parallelism."""
+
+
+@dataclass
+class NpuDevice:
+    """One NPU. Fields after ``available`` are filled from ``rbln-stat`` when it exists."""
+
+    index: int
+    name: str | None
+    available: bool = True
+    device: str | None = None
+    uuid: str | None = None
+    bus_id: str | None = None
+    numa_node: int | None = None
+    temperature: str | None = None
+    memory_used: int | None = None
+    memory_total: int | None = None
+    util: str | None = None
+    contexts: int = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether another process holds memory or a context on the device (known only via ``rbln-stat``)."""
+        return self.contexts > 0 or bool(self.memory_used)
+
+
+@dataclass
+class CudaDevice:
+    index: int
+    name: str
+    memory_total: int
+
+
+@dataclass
+class DeviceReport:
+    """What :func:`detect` found. ``kind`` is the device rbln-eval will use: ``npu``, ``cuda`` or ``cpu``."""
+
+    npus: list[NpuDevice] = field(default_factory=list)
+    cuda: list[CudaDevice] = field(default_factory=list)
+    rebel: str | None = None  # "sdk", "simulator" or None (not installed)
+    rbln_stat: str | None = None  # path of rbln-stat, if on PATH
+    kmd_version: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        if self.npus:
+            return "npu"
+        if self.cuda:
+            return "cuda"
+        return "cpu"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind
+        for npu, raw in zip(data["npus"], self.npus):
+            npu["busy"] = raw.busy
+        return data
+
+
+def detect(use_rbln_stat: bool = True) -> DeviceReport:
+    """Detect NPUs (``rebel`` + ``rbln-stat``), CUDA devices (torch), and report what is missing."""
+    report = DeviceReport()
+    _detect_rebel(report)
+    if use_rbln_stat:
+        _detect_rbln_stat(report)
+    _detect_cuda(report)
+    return report
+
+
+def _detect_rebel(report: DeviceReport) -> None:
+    try:
+        import rebel  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    except Exception as exc:  # a broken SDK install
+        report.problems.append(f"rebel could not be imported: {exc}")
+        return
+    report.rebel = "simulator" if getattr(rebel, "__rbln_sim__", False) else "sdk"
+    try:
+        count = int(rebel.device_count())
+    except Exception as exc:
+        report.problems.append(f"rebel.device_count() failed: {exc}")
+        return
+    for index in range(count):
+        try:
+            name = rebel.get_npu_name(index)
+            available = bool(rebel.npu_is_available(index))
+        except Exception as exc:
+            report.problems.append(f"NPU {index}: {exc}")
+            name, available = None, False
+        report.npus.append(NpuDevice(index=index, name=name, available=available))
+
+
+def _detect_cuda(report: DeviceReport) -> None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            report.cuda.append(CudaDevice(index, props.name, int(props.total_memory)))
+    except Exception as exc:
+        report.problems.append(f"CUDA detection failed: {exc}")
+
+
+def run_rbln_stat() -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """``(path, parsed JSON, problem)`` of ``rbln-stat -j``; ``(None, None, None)`` when it is not on PATH."""
+    path = shutil.which(RBLN_STAT)
+    if path is None:
+        return None, None, None
+    try:
+        done = subprocess.run([path, "-j"], capture_output=True, text=True, timeout=RBLN_STAT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return path, None, f"{RBLN_STAT} -j failed: {exc}"
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        return path, None, f"{RBLN_STAT} -j exited with {done.returncode}" + (f": {detail[-1]}" if detail else "")
+    try:
+        data = json.loads(done.stdout)
+    except ValueError as exc:
+        return path, None, f"{RBLN_STAT} -j printed no JSON ({exc})"
+    if not isinstance(data, dict):
+        return path, None, f"{RBLN_STAT} -j printed JSON of an unexpected shape"
+    return path, data, None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def apply_rbln_stat(report: DeviceReport, data: dict[str, Any]) -> None:
+    """Merge ``rbln-stat -j`` output into ``report`` (unknown or missing fields are skipped)."""
+    report.kmd_version = str(data["KMD_version"]) if data.get("KMD_version") is not None else None
+    by_index = {npu.index: npu for npu in report.npus}
+    for entry in data.get("devices") or []:
+        if not isinstance(entry, dict):
+            continue
+        index = _int(entry.get("npu"))
+        if index is None:
+            continue
+        npu = by_index.get(index)
+        if npu is None:  # the driver sees a device the SDK does not
+            npu = NpuDevice(index=index, name=entry.get("name"), available=report.rebel is None)
+            report.npus.append(npu)
+            by_index[index] = npu
+        npu.name = npu.name or entry.get("name")
+        npu.device = entry.get("device")
+        npu.uuid = entry.get("uuid")
+        pci = entry.get("pci") if isinstance(entry.get("pci"), dict) else {}
+        npu.bus_id = pci.get("bus_id")
+        npu.numa_node = _int(pci.get("numa_node"))
+        npu.temperature = entry.get("temperature")
+        memory = entry.get("memory") if isinstance(entry.get("memory"), dict) else {}
+        npu.memory_used = _int(memory.get("used"))
+        npu.memory_total = _int(memory.get("total"))
+        npu.util = None if entry.get("util") is None else str(entry.get("util"))
+    for context in data.get("contexts") or []:
+        index = _int(context.get("npu")) if isinstance(context, dict) else None
+        if index in by_index:
+            by_index[index].contexts += 1
+    report.npus.sort(key=lambda npu: npu.index)
+
+
+def _detect_rbln_stat(report: DeviceReport) -> None:
+    path, data, problem = run_rbln_stat()
+    report.rbln_stat = path
+    if problem:
+        report.problems.append(problem)
+    if data is not None:
+        apply_rbln_stat(report, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Placement
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_device_list(text: str) -> list[int]:
+    """``0-7`` / ``0,1,2,3`` / ``npu:0-3`` / ``4`` → a list of NPU indices."""
+    body = str(text).strip().lower().removeprefix("npu:").removeprefix("rbln:")
+    devices: list[int] = []
+    try:
+        for part in body.split(","):
+            part = part.strip()
+            if "-" in part:
+                first, last = (int(p) for p in part.split("-", 1))
+                if last < first:
+                    raise ValueError
+                devices.extend(range(first, last + 1))
+            else:
+                devices.append(int(part))
+    except ValueError:
+        raise ConfigError(f"devices {text!r} are not NPU indices (N, N-M or N,M,…)") from None
+    if len(set(devices)) != len(devices) or any(d < 0 for d in devices):
+        raise ConfigError(f"devices {text!r} name a device twice or a negative index")
+    return devices
+
+
+def device_groups(devices: list[int], tp: int) -> list[list[int]]:
+    """Split ``devices`` into replicas of ``tp`` consecutive entries each."""
+    if tp < 1:
+        raise ConfigError(f"tensor parallelism must be positive, got {tp}")
+    if not devices or len(devices) % tp:
+        raise DevicePlacementError(
+            f"{len(devices)} device(s) {format_devices(devices)} do not split into replicas of tp={tp}: "
+            f"give a multiple of {tp} devices"
+        )
+    return [devices[i : i + tp] for i in range(0, len(devices), tp)]
+
+
+def format_devices(devices: list[int]) -> str:
+    """``[4, 5, 6, 7]`` → ``npu:4-7``; ``[0, 2]`` → ``npu:0,2``."""
+    if not devices:
+        return "npu:-"
+    if devices == list(range(devices[0], devices[0] + len(devices))) and len(devices) > 1:
+        return f"npu:{devices[0]}-{devices[-1]}"
+    return "npu:" + ",".join(str(d) for d in devices)
+
+
+def free_groups(report: DeviceReport, tp: int, count: int) -> list[list[int]]:
+    """``count`` groups of ``tp`` consecutive NPUs, preferring free ones (busy is known only via ``rbln-stat``).
+
+    Raises :class:`DevicePlacementError` when the node has too few NPUs.
+    """
+    usable = [npu.index for npu in report.npus if npu.available]
+    needed = tp * count
+    if len(usable) < needed:
+        raise DevicePlacementError(
+            f"{count} replica(s) of tp={tp} need {needed} NPUs, this node has {len(usable)} usable: "
+            "lower --data-parallel or compile with a smaller --tp"
+        )
+    free = {npu.index for npu in report.npus if npu.available and not npu.busy}
+    windows = [usable[i : i + tp] for i in range(len(usable) - tp + 1)]
+    windows = [w for w in windows if w == list(range(w[0], w[0] + tp))]
+    aligned = [w for w in windows if w[0] % tp == 0]
+    # Free windows on tp boundaries first, then any free window, then busy ones on boundaries.
+    candidates = [w for w in aligned if set(w) <= free] + [w for w in windows if set(w) <= free] + aligned
+    groups: list[list[int]] = []
+    taken: set[int] = set()
+    for window in candidates:
+        if len(groups) == count:
+            break
+        if not taken & set(window):
+            groups.append(window)
+            taken |= set(window)
+    if len(groups) < count:
+        raise DevicePlacementError(
+            f"could not place {count} replica(s) on {tp} consecutive NPUs each: pass --devices explicitly"
+        )
+    return sorted(groups)
+
+
+def first_free_npu(report: DeviceReport) -> int | None:
+    """The first NPU with no memory used and no context (per ``rbln-stat``), else the first NPU; None without NPUs."""
+    usable = [npu for npu in report.npus if npu.available]
+    for npu in usable:
+        if not npu.busy:
+            return npu.index
+    return usable[0].index if usable else None
+
+
+def plan_replicas(
+    tp: int,
+    devices: str | None = None,
+    data_parallel: int | None = None,
+    report: DeviceReport | None = None,
+) -> list[list[int]] | None:
+    """The device group of each replica of a bundle compiled for ``tp`` devices.
+
+    ``devices`` (``0-7``) are split into groups of ``tp``; ``data_parallel`` K alone takes K groups of
+    consecutive free NPUs; neither gives one replica on the first free NPUs. ``None`` when this machine
+    has no NPU (loading then says what is missing).
+    """
+    if data_parallel is not None and data_parallel < 1:
+        raise ConfigError(f"--data-parallel must be a positive integer, got {data_parallel}")
+    if devices:
+        groups = device_groups(parse_device_list(devices), tp)
+        if data_parallel is not None and data_parallel != len(groups):
+            raise DevicePlacementError(
+                f"--devices {devices} makes {len(groups)} replica(s) of tp={tp}, but --data-parallel is {data_parallel}: "
+                "drop one of them or make them agree"
+            )
+        return groups
+    report = report if report is not None else detect()
+    if not any(npu.available for npu in report.npus):
+        if data_parallel is not None and data_parallel > 1:
+            raise DevicePlacementError(f"--data-parallel {data_parallel} needs NPUs, and this machine has none")
+        return None
+    return free_groups(report, tp, data_parallel or 1)

@@ -1,0 +1,85 @@
+"""`rbln-eval doctor` and `scripts/check_npu.py`: no NPU, the simulated node, and a node with `rbln-stat`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RBLN_STAT_JSON = Path(__file__).parent / "data" / "rbln_stat.json"
+SECRET = "hf_doctorTestTokenThatMustNeverBePrinted"
+
+
+def doctor(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess:
+    full = {**os.environ, "COLUMNS": "200", "HF_TOKEN": SECRET}
+    for name, value in env.items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert SECRET not in result.stdout and SECRET not in result.stderr
+    return result
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "remotes.json").write_text(json.dumps({"remotes": [{"name": "team", "kind": "dir", "path": str(tmp_path / "shared")}]}))
+    return root
+
+
+def test_doctor_without_npu(store: Path) -> None:
+    result = doctor("-m", "rbln_eval", "doctor", "--store", str(store), env={"RBLN_EVAL_SIMULATE": None, "PATH": os.defpath})
+    out = result.stdout
+    assert "rebel-compiler  not installed" in out
+    assert "NPUs: 0 (no rebel SDK; rbln-stat not on PATH)" in out
+    assert "no NPU found: bundles can still be compiled for a target, e.g. `rbln-eval compile MODEL --npu RBLN-CA25`" in out
+    assert "CUDA: none" in out and "this machine: cpu" in out
+    assert f"store: {store} (0 bundle(s)" in out
+    assert f"team  dir  {store.parent / 'shared'}" in out
+    assert "Hub token: present, from environment (HF_TOKEN)" in out
+    for package in ("optimum-rbln", "torch", "transformers", "lm-eval"):
+        assert f"  {package}" in out
+
+
+def test_doctor_on_the_simulated_node(store: Path) -> None:
+    result = doctor(
+        "-m", "rbln_eval", "doctor", "--store", str(store), "--json",
+        env={"RBLN_EVAL_SIMULATE": "1", "RBLN_EVAL_SIM_DEVICES": "8", "PATH": os.defpath},
+    )
+    data = json.loads(result.stdout)
+    devices = data["devices"]
+    assert devices["kind"] == "npu" and devices["rebel"] == "simulator" and devices["rbln_stat"] is None
+    assert [(n["index"], n["name"], n["available"], n["busy"]) for n in devices["npus"]] == [
+        (i, "RBLN-CA25", True, False) for i in range(8)
+    ]
+    assert data["default_device"] == "npu:0"
+    assert data["toolchain"]["rebel-compiler"].endswith("+sim")
+    assert data["hub_token"] == {"present": True, "source": "environment (HF_TOKEN)"}
+    assert data["remotes"] == [{"name": "team", "kind": "dir", "location": str(store.parent / "shared")}]
+
+
+def test_check_npu_script_with_rbln_stat(store: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "rbln-stat"
+    stand_in.write_text(f"#!/bin/sh\n[ \"$1\" = \"-j\" ] || exit 3\ncat '{RBLN_STAT_JSON}'\n")
+    stand_in.chmod(0o755)
+    result = doctor(
+        str(REPO / "scripts" / "check_npu.py"), "--store", str(store),
+        env={"RBLN_EVAL_SIMULATE": "1", "RBLN_EVAL_SIM_DEVICES": "4", "PATH": f"{bin_dir}{os.pathsep}{os.defpath}"},
+    )
+    lines = result.stdout.splitlines()
+    assert f"NPUs: 4 (rebel simulator (RBLN_EVAL_SIMULATE); rbln-stat at {stand_in}; KMD 1.3.73)" in lines
+    rows = {line.split()[0]: line.split() for line in lines if line[:1].isdigit()}
+    assert rows["0"] == ["0", "RBLN-CA25", "rbln0", "2.0", "GB", "/", "16.0", "GB", "41C", "37.5", "busy"]
+    assert rows["1"][-1] == "busy" and rows["2"][-1] == "free" and rows["3"][-1] == "free"
+    assert "  runs without --device use npu:2 (the first free NPU); choose with --device npu:N" in lines
