@@ -322,14 +322,29 @@ def _compile_options(
     )
 
 
-def _compile_or_reuse(model: str, options, revision, npu, store: Store, force: bool, trust_remote_code: bool):
-    """Key the model, then reuse its bundle or compile it with a spinner; prints what happened."""
-    from .workflow import compile_bundle, plan_compile
+def _remotes_for(store: Store, no_remote: bool, remote: Optional[str]) -> list:
+    """The remotes a lookup asks: none with --no-remote, just --remote NAME, else all configured ones."""
+    if no_remote:
+        return []
+    from .remotes import configured_remotes
+
+    return configured_remotes(store, only=remote)
+
+
+def _compile_or_reuse(
+    model: str, options, revision, npu, store: Store, force: bool, trust_remote_code: bool, remotes: Optional[list] = None,
+):
+    """Key the model, then reuse its bundle (local store, then remotes) or compile it; prints what happened."""
+    from .workflow import compile_bundle, find_or_pull, plan_compile
 
     request = plan_compile(model, options, revision=revision, npu=npu, trust_remote_code=trust_remote_code)
-    existing = None if force else store.lookup(request.key.digest)
-    if existing is not None:
-        err.print(f"bundle {request.key.digest[:12]} is already in {store.root}: nothing to compile")
+    found = None if force else find_or_pull(request, store, remotes or [], notify=lambda message: err.print(message, markup=False))
+    if found is not None:
+        existing, served_by = found
+        if served_by is None:
+            err.print(f"bundle {request.key.digest[:12]} is already in {store.root}: nothing to compile")
+        else:
+            err.print(f"pulled bundle {request.key.digest[:12]} from remote {served_by}: nothing to compile", markup=False)
         return existing, False
     err.print(
         f"compiling {request.source.display} ({request.model_class}, {config_summary(request.compile_config, 80)}) "
@@ -361,6 +376,8 @@ def compile_command(
     store: Optional[Path] = StoreOption,
     force: bool = typer.Option(False, "--force", help="Compile again even if the bundle exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code (off by default)."),
+    no_remote: bool = typer.Option(False, "--no-remote", help="Do not look for the bundle on remotes."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Look only on this configured remote."),
 ) -> None:
     """Compile a model once into a content-addressed bundle (a hit compiles nothing).
 
@@ -368,7 +385,8 @@ def compile_command(
     """
     st = _store(store)
     options = _compile_options(batch_size, max_seq_len, tp, logits, dtype, rbln_config)
-    bundle, _ = _compile_or_reuse(model, options, revision, npu, st, force, trust_remote_code)
+    remotes = _remotes_for(st, no_remote, remote)
+    bundle, _ = _compile_or_reuse(model, options, revision, npu, st, force, trust_remote_code, remotes)
     out.print(f"{bundle.digest}  {bundle.path}")
 
 
@@ -392,7 +410,9 @@ def run_command(
     fewshot_as_multiturn: bool = typer.Option(False, "--fewshot_as_multiturn", "--fewshot-as-multiturn"),
     seed: Optional[str] = typer.Option(None, "--seed"),
     use_cache: Optional[str] = typer.Option(None, "--use_cache", "--use-cache", help="Request cache path prefix (per bundle)."),
-    device: Optional[str] = typer.Option(None, "--device", help="NPU index or range (npu:0, 0-3)."),
+    device: Optional[str] = typer.Option(None, "--device", help="NPU index or range of one replica (npu:0, 0-3; default: the first free NPUs)."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="NPUs to use, split into replicas of the bundle's tp (0-7)."),
+    data_parallel: Optional[int] = typer.Option(None, "--data-parallel", help="Replicas, each in its own process on its own NPUs."),
     revision: Optional[str] = typer.Option(None, "--revision"),
     tp: Optional[int] = typer.Option(None, "--tp"),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len"),
@@ -402,6 +422,8 @@ def run_command(
     rbln_config: Optional[str] = typer.Option(None, "--rbln-config"),
     store: Optional[Path] = StoreOption,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    no_remote: bool = typer.Option(False, "--no-remote", help="Do not look for the bundle on remotes."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Look only on this configured remote."),
     show_config: bool = typer.Option(False, "--show_config", "--show-config", help="Print the full results JSON."),
 ) -> None:
     """Evaluate a bundle with lm-evaluation-harness (compiling it first with --model on a miss).
@@ -409,8 +431,7 @@ def run_command(
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
     from .evaluation import EvalOptions, evaluate, parse_seed, summary_json, task_manager_for
-    from .lm import RBLNLM, _parse_device
-    from .loader import load_bundle
+    from .lm import _parse_device
 
     if bool(artifact) == bool(model):
         raise RblnEvalError("pass exactly one of --artifact REF or --model MODEL")
@@ -434,13 +455,16 @@ def run_command(
             except ValueError:
                 raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
         opts = _compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config)
-        bundle, compiled_now = _compile_or_reuse(model, opts, revision, npu, st, False, trust_remote_code)
-    with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
-        loaded = load_bundle(bundle, device=device_index)
-    err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}) in {loaded.load_seconds:.1f}s")
-    lm = RBLNLM(loaded=loaded)
+        remotes = _remotes_for(st, no_remote, remote)
+        bundle, compiled_now = _compile_or_reuse(model, opts, revision, npu, st, False, trust_remote_code, remotes)
+    lm = _replicas(bundle, device_index, devices, data_parallel)
     lm.compiled_now = compiled_now
-    results = evaluate(lm, options, task_manager=manager)
+    try:
+        results = evaluate(lm, options, task_manager=manager)
+    finally:
+        close = getattr(lm, "close", None)
+        if close is not None:
+            close()
     if results is None:
         return
     from lm_eval.utils import make_table
@@ -461,6 +485,42 @@ def run_command(
         f"load {info['load_seconds']:.1f}s, eval {info['eval_seconds']:.1f}s, "
         f"{info['requests']} requests ({info['requests_per_second'] or 0:.1f}/s); device: {counters}"
     )
+    for index, worker in enumerate(info.get("workers") or []):
+        from .devices import format_devices
+
+        err.print(
+            f"replica {index} on {format_devices(worker['devices'])}: {worker['requests']} requests, "
+            f"busy {worker['busy_seconds']:.1f}s"
+        )
+
+
+def _replicas(bundle: Bundle, device_index: Any, devices: Optional[str], data_parallel: Optional[int]):
+    """One in-process replica, or K worker processes (``--data-parallel`` / ``--devices``)."""
+    from .devices import format_devices, plan_replicas
+    from .lm import RBLNLM
+    from .loader import load_bundle
+
+    tp = int(bundle.key.compile.get("num_devices") or 1)
+    if device_index is not None:
+        if devices or (data_parallel or 1) > 1:
+            raise RblnEvalError("--device places one replica: use --devices (or --data-parallel) for several")
+        groups: Optional[list[list[int]]] = [device_index if isinstance(device_index, list) else [device_index]]
+    else:
+        groups = plan_replicas(tp, devices, data_parallel)
+    if groups is not None and len(groups) > 1:
+        from .parallel import DataParallelRBLNLM
+
+        placed = ", ".join(format_devices(group) for group in groups)
+        with err.status(f"starting {len(groups)} replicas of {bundle.digest[:12]} on {placed}…", spinner="dots"):
+            lm = DataParallelRBLNLM(bundle, groups)
+        err.print(f"loaded {len(groups)} replicas of {bundle.digest[:12]} ({bundle.key.target}) on {placed} in {lm.load_seconds:.1f}s")
+        return lm
+    placement = None if groups is None else (groups[0][0] if len(groups[0]) == 1 else groups[0])
+    with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
+        loaded = load_bundle(bundle, device=placement)
+    where = "" if groups is None else f" on {format_devices(groups[0])}"
+    err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}){where} in {loaded.load_seconds:.1f}s")
+    return RBLNLM(loaded=loaded)
 
 
 app.command("eval", help="Alias of `run`.\n\nExample: rbln-eval eval --artifact 3f2a9c --tasks hellaswag")(run_command)
@@ -482,6 +542,265 @@ def lm_eval_command(ctx: typer.Context) -> None:
 
     sys.argv = ["lm_eval", *ctx.args]
     lm_eval_main.cli_evaluate()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharing: push, pull, remotes
+# --------------------------------------------------------------------------------------------------
+
+remote_app = typer.Typer(
+    help="Configure where bundles are shared: HF Hub repos and directories.\n\nExample: rbln-eval remote add team hf://my-org/compiled",
+    no_args_is_help=True,
+)
+app.add_typer(remote_app, name="remote")
+
+
+def _push_target(st: Store, repo: Optional[str], remote: Optional[str], private: bool):
+    from .remotes import RemoteConfigError, configured_remotes, get_spec, open_remote
+    from .remotes.config import check_repo_id
+    from .remotes.hub import HubRemote
+
+    if repo and remote:
+        raise RemoteConfigError("pass either --repo ORG/NAME or --remote NAME, not both")
+    if repo:
+        return HubRemote(f"hf://{repo}", check_repo_id(repo), private=private)
+    if remote:
+        return open_remote(get_spec(st, remote))
+    remotes = configured_remotes(st)
+    if len(remotes) != 1:
+        raise RemoteConfigError(
+            f"{len(remotes)} remotes are configured: pass --repo ORG/NAME or --remote NAME"
+        )
+    return remotes[0]
+
+
+@app.command("push")
+def push_command(
+    ref: str = typer.Argument(..., help="Bundle to share: digest, prefix, alias or path."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="HF Hub model repo ORG/NAME (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="A configured remote instead of --repo."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Share a bundle on an HF Hub repo or a directory remote (verified first; immutable per digest).
+
+    Example: rbln-eval push 3f2a9c --repo my-org/compiled --private
+    """
+    import time
+
+    st = _store(store)
+    bundle = st.resolve(ref)
+    target = _push_target(st, repo, remote, private)
+    problems = st.verify(bundle)
+    if problems:
+        raise RblnEvalError(
+            f"bundle {bundle.digest[:12]} fails verification ({problems[0].file}: {problems[0].reason}): "
+            "remove it with `rbln-eval rm` and rebuild; nothing was pushed"
+        )
+    started = time.monotonic()
+    pushed, uploaded = target.push(bundle)
+    elapsed = time.monotonic() - started
+    if uploaded:
+        err.print(f"pushed {bundle.digest[:12]} ({human_size(bundle.manifest.total_size)}) in {elapsed:.1f}s", markup=False)
+    else:
+        err.print(f"{bundle.digest[:12]} is already on {target.location}: nothing uploaded", markup=False)
+    out.print(f"{bundle.digest}  {pushed.location}", markup=False)
+    if target.kind == "hf":
+        cls = "RBLNAutoModelForSeq2SeqLM" if bundle.key.model_class == "seq2seq" else "RBLNAutoModelForCausalLM"
+        err.print(f'load it with: {cls}.from_pretrained("{target.repo}", revision="{pushed.revision}", export=False)', markup=False)
+
+
+@app.command("pull")
+def pull_command(
+    ref: str = typer.Argument(..., help="Digest, prefix or alias on a remote, or hf://ORG/NAME@REV."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Look only on this configured remote."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Download a bundle from a remote, verify every file against its manifest, and add it to the store.
+
+    Example: rbln-eval pull hf://my-org/compiled@bundle-3f2a9c...
+    """
+    import time
+
+    from .remotes import configured_remotes
+    from .remotes.pull import pull_ref
+
+    st = _store(store)
+    remotes = [] if ref.startswith("hf://") else configured_remotes(st, only=remote)
+    started = time.monotonic()
+    pulled = pull_ref(ref, st, remotes)
+    bundle = pulled.bundle
+    if pulled.fetched:
+        err.print(
+            f"pulled {bundle.digest[:12]} from {pulled.source.location} ({len(bundle.manifest.files)} files, "
+            f"{human_size(bundle.manifest.total_size)}) in {time.monotonic() - started:.1f}s, verified",
+            markup=False,
+        )
+    else:
+        err.print(f"{bundle.digest[:12]} is already in {st.root}: nothing pulled", markup=False)
+    out.print(f"{bundle.digest}  {bundle.path}", markup=False)
+
+
+@remote_app.command("add")
+def remote_add_command(
+    name: str = typer.Argument(..., help="A short name, e.g. team."),
+    location: str = typer.Argument(..., help="hf://ORG/NAME for a Hub repo, or a directory path."),
+    private: bool = typer.Option(False, "--private", help="Hub repos: create the repo private on first push."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Add a remote; `compile` and `run --model` look there before compiling.
+
+    Example: rbln-eval remote add nfs /shared/rbln-bundles
+    """
+    from .remotes import add_spec, spec_from_location
+
+    st = _store(store)
+    spec = spec_from_location(name, location, private=private)
+    add_spec(st, spec)
+    out.print(f"added remote {spec.name}: {spec.location}", markup=False)
+
+
+@remote_app.command("ls")
+def remote_ls_command(
+    store: Optional[Path] = StoreOption,
+    bundles: bool = typer.Option(False, "--bundles", help="Also list each remote's bundles (reads its index)."),
+) -> None:
+    """List the configured remotes (in lookup order).
+
+    Example: rbln-eval remote ls --bundles
+    """
+    from .remotes import load_specs, open_remote
+
+    st = _store(store)
+    specs = load_specs(st)
+    if not specs:
+        out.print(f"no remotes configured in {st.root}: add one with `rbln-eval remote add`", markup=False)
+        return
+    for spec in specs:
+        out.print(f"{spec.name}\t{spec.kind}\t{spec.location}" + ("\tprivate" if spec.private else ""), markup=False)
+        if bundles:
+            index = open_remote(spec).read_index()  # type: ignore[attr-defined]
+            for digest, entry in sorted(index["bundles"].items()):
+                out.print(
+                    f"  {digest[:12]}  {entry.get('model') or ''}  {config_summary(entry.get('key', {}).get('compile', {}))}  "
+                    f"{entry.get('key', {}).get('target', '')}  {human_size(int(entry.get('size') or 0))}",
+                    markup=False,
+                )
+
+
+@remote_app.command("rm")
+def remote_rm_command(
+    name: str = typer.Argument(..., help="The remote to forget (nothing on it is deleted)."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Forget a remote (its bundles stay where they are).
+
+    Example: rbln-eval remote rm nfs
+    """
+    from .remotes import remove_spec
+
+    spec = remove_spec(_store(store), name)
+    out.print(f"removed remote {spec.name} ({spec.location})", markup=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and parity
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command("doctor")
+def doctor_command(
+    store: Optional[Path] = StoreOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Check this machine: toolchain, NPUs (rebel, rbln-stat), CUDA, the store, remotes, Hub token.
+
+    Example: rbln-eval doctor
+    """
+    from .doctor import collect, render
+
+    data = collect(Store(store))
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        render(data, out)
+
+
+@app.command("compare")
+def compare_command(
+    ref: str = typer.Argument(..., help="Bundle: digest, prefix, alias or path."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm_eval task names."),
+    limit: Optional[float] = typer.Option(None, "--limit", help="Documents per task (or a fraction)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num_fewshot", "--num-fewshot"),
+    include_path: Optional[str] = typer.Option(None, "--include_path", "--include-path"),
+    gen_kwargs: Optional[str] = typer.Option(None, "--gen_kwargs", "--gen-kwargs"),
+    seed: Optional[str] = typer.Option(None, "--seed"),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Exit 1 when a |Δ| exceeds this (relative above 1)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON report path (default: compare-DIGEST.json)."),
+    device: Optional[str] = typer.Option(None, "--device", help="NPU index or range of the bundle's replica."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size of the HF reference."),
+    store: Optional[Path] = StoreOption,
+) -> None:
+    """Score a bundle and its model's HF reference on the same samples; report per-task and per-request deltas.
+
+    Example: rbln-eval compare 3f2a9c --tasks hellaswag,arc_easy --limit 200 --tolerance 1e-4
+    """
+    from .compare import reference_lm, run_compare
+    from .evaluation import EvalOptions, parse_seed, task_manager_for
+    from .lm import _parse_device
+
+    if tolerance is not None and not tolerance >= 0:
+        raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
+    options = EvalOptions(
+        tasks=_split_tasks(tasks), num_fewshot=num_fewshot, limit=limit, include_path=include_path,
+        gen_kwargs=gen_kwargs, seed=parse_seed(seed), log_samples=True,
+    )
+    task_manager_for(options.tasks, include_path)  # fail on unknown tasks before loading anything
+    bundle = _store(store).resolve(ref)
+    lm = _replicas(bundle, _parse_device(device), None, None)
+    with err.status("loading the HF reference…", spinner="dots"):
+        reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size)
+    report = run_compare(lm, options, tolerance, reference=reference)
+    _print_comparison(report)
+    path = report.write(output or Path(f"compare-{bundle.digest[:12]}.json"))
+    err.print(f"report written to {path}", markup=False)
+    if not report.passed:
+        details = "; ".join(f"{task.task} ({', '.join(task.failures)})" for task in report.failing)
+        err.print(f"tolerance {tolerance:g} exceeded in {len(report.failing)} task(s): {details}", markup=False)
+        raise typer.Exit(1)
+
+
+def _fmt(value: Optional[float], spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_comparison(report) -> None:
+    out.print(
+        f"rbln {report.bundle[:12]} ({report.target}) vs hf {report.reference['pretrained']} "
+        f"({report.reference['dtype']}, {report.reference['device']}), limit: {report.limit}",
+        markup=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("task", "metric", "rbln", "hf", "Δ", "max |Δ lp|", "mean |Δ lp|", "argmax agree", "gen agree", ""):
+        table.add_column(column, no_wrap=True)
+    for task in report.tasks:
+        status = "" if report.tolerance is None else ("ok" if task.passed else "[red]FAIL[/red]")
+        first = True
+        for metric in task.metrics or [None]:
+            table.add_row(
+                task.task if first else "",
+                metric.metric.replace(",none", "") if metric else "-",
+                _fmt(metric.rbln, ".6g") if metric else "-",
+                _fmt(metric.reference, ".6g") if metric else "-",
+                _fmt(metric.delta, "+.2e") if metric else "-",
+                _fmt(task.max_abs_logprob_delta, ".2e") if first else "",
+                _fmt(task.mean_abs_logprob_delta, ".2e") if first else "",
+                _fmt(task.argmax_agreement, ".1%") if first else "",
+                _fmt(task.generation_agreement, ".1%") if first else "",
+                status if first else "",
+            )
+            first = False
+    out.print(table, width=max(out.width, 160))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ position), receiving logits back. :func:`run_programs` keeps every row busy: a r
 refilled with the next program while the others continue, and all pending steps go to the device in one
 decode call.
 
-Loglikelihood programs share a context: the context is prefilled once per group of requests (multiple
-choice), every choice's first token is read off the prefill logits, and later tokens are teacher-forced
-decode steps — a row's positions after the context are simply overwritten by the next choice. Prefill is
-never re-run per continuation token.
+Loglikelihood requests that share a context (multiple choice) share its prefill: every continuation's first
+token is read off the prefill logits. With a full-logit bundle each multi-token continuation is read off a
+prefill of context + continuation (one call per request, no decode steps); with a last-logit bundle later
+tokens are teacher-forced decode steps, a row's positions after the context simply overwritten by the next
+choice. Prefill is never re-run per continuation token. :func:`plan_loglikelihood` decides which requests
+share a row so that no row is left with far more decode work than the others.
 """
 
 from __future__ import annotations
@@ -104,6 +106,59 @@ def run_programs(
             step = advance(index, program, logits[row])
             rows[row] = (index, program, step) if step is not None else None
     return [results[i] for i in range(len(results))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+#: Teacher-forced decode tokens one shared-context job may hold before the next request gets a row of its own.
+DECODE_BUDGET = 64
+
+
+@dataclass(frozen=True)
+class LoglikelihoodJob:
+    """Requests scored on one batch row from one prefill of ``context``: indices into the request list."""
+
+    context: tuple[int, ...]
+    members: tuple[int, ...]
+
+
+def plan_loglikelihood(
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]], full_logits: bool
+) -> list[LoglikelihoodJob]:
+    """Group ``(context, continuation)`` token pairs into jobs, longest contexts first.
+
+    Requests with the same context share a job. With full logits, a job holds one multi-token continuation
+    (read off its prefill) and any number of single-token ones; every other multi-token continuation gets a
+    prefill of its own. Otherwise a job takes requests until their decode steps exceed :data:`DECODE_BUDGET`,
+    so that a context shared by many long continuations (the first window of every rolling document) is
+    spread over all rows instead of serialized on one.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(requests):
+        groups.setdefault(tuple(context), []).append(index)
+    jobs: list[LoglikelihoodJob] = []
+    for context, members in groups.items():
+        if full_logits:
+            multi = [i for i in members if len(requests[i][1]) > 1]
+            single = [i for i in members if len(requests[i][1]) <= 1]
+            anchor = multi[:1]
+            jobs.append(LoglikelihoodJob(context, tuple(sorted(anchor + single))))
+            jobs.extend(LoglikelihoodJob(context, (i,)) for i in multi[1:])
+            continue
+        current: list[int] = []
+        steps = 0
+        for i in members:
+            cost = len(requests[i][1]) - 1
+            if current and steps + cost > DECODE_BUDGET:
+                jobs.append(LoglikelihoodJob(context, tuple(current)))
+                current, steps = [], 0
+            current.append(i)
+            steps += cost
+        jobs.append(LoglikelihoodJob(context, tuple(current)))
+    jobs.sort(key=lambda job: -len(job.context))
+    return jobs
 
 
 # --------------------------------------------------------------------------------------------------

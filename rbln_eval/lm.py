@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from .backends import backend_for
 from .compiler import CompileOptions
-from .engine import greedy_program, loglikelihood_program, run_programs
+from .engine import greedy_program, loglikelihood_program, plan_loglikelihood, run_programs
 from .errors import ConfigError, RblnEvalError
 from .identity import toolchain_versions
 from .loader import LoadedBundle, load_bundle
 from .store import Bundle, Store
-from .workflow import compile_bundle, plan_compile
+from .workflow import compile_bundle, find_or_pull, plan_compile
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,13 @@ def resolve_bundle(
     export: bool = False,
     npu: str | None = None,
     trust_remote_code: bool = False,
+    remote: bool | str = True,
 ) -> tuple[Bundle, bool]:
     """The bundle to evaluate, and whether it was compiled now.
 
-    ``artifact`` names a stored bundle; ``pretrained`` (+ compile options) is keyed and looked up, and with
-    ``export`` compiled through the store on a miss — never outside it.
+    ``artifact`` names a stored bundle; ``pretrained`` (+ compile options) is keyed and looked up in the
+    store, then on the store's remotes (``remote``: all of them, ``False`` for none, or one remote's name),
+    and with ``export`` compiled through the store on a miss — never outside it.
     """
     if artifact and pretrained:
         raise ConfigError("pass either artifact= or pretrained=, not both")
@@ -81,9 +83,12 @@ def resolve_bundle(
     if not pretrained:
         raise ConfigError("model_args need artifact=REF (a stored bundle) or pretrained=MODEL")
     request = plan_compile(pretrained, options or CompileOptions(), revision=revision, npu=npu, trust_remote_code=trust_remote_code)
-    bundle = store.lookup(request.key.digest)
-    if bundle is not None:
-        return bundle, False
+    from .remotes import configured_remotes
+
+    remotes = [] if remote is False else configured_remotes(store, only=remote if isinstance(remote, str) else None)
+    found = find_or_pull(request, store, remotes, notify=logger.info)
+    if found is not None:
+        return found[0], False
     if not export:
         raise RblnEvalError(
             f"no bundle for {pretrained} with this config (key {request.key.digest[:12]}): "
@@ -154,6 +159,7 @@ class RBLNLM(TemplateLM):
         self._truncation_warned = False
         self.eval_seconds = 0.0
         self.requests_served = 0
+        self._sim_baseline = _simulator_counters()
         if batch_size not in (None, "", "auto") and str(batch_size) != str(self.device_backend.batch_size):
             logger.warning(
                 "batch_size %s ignored: bundle %s runs at its compiled batch size %d",
@@ -225,25 +231,26 @@ class RBLNLM(TemplateLM):
             continuation = whole[1:]
         return whole[: len(whole) - len(continuation)], continuation
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        fitted: list[tuple[list[int], list[int]]] = []
-        for index, (_, context, continuation) in enumerate(requests):
+    def _fit_all(self, requests: list) -> list[tuple[list[int], list[int]]]:
+        fitted = []
+        for _, context, continuation in requests:
             if not continuation:
                 raise ValueError("a loglikelihood request has an empty continuation")
-            context, continuation = self._fit(list(context), list(continuation))
-            fitted.append((context, continuation))
-            groups.setdefault(tuple(context), []).append(index)
-        order = sorted(groups.items(), key=lambda item: -len(item[0]))  # longest contexts first
+            fitted.append(self._fit(list(context), list(continuation)))
+        return fitted
+
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        fitted = self._fit_all(requests)
+        jobs = plan_loglikelihood(fitted, full_logits=self.device_backend.full_logits)
         programs = (
-            loglikelihood_program(self.device_backend, list(ctx), [fitted[i][1] for i in members])
-            for ctx, members in order
+            loglikelihood_program(self.device_backend, list(job.context), [fitted[i][1] for i in job.members])
+            for job in jobs
         )
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="rbln loglikelihood")
 
-        def collect(group_index: int, scores: object) -> None:
-            members = order[group_index][1]
+        def collect(job_index: int, scores: object) -> None:
+            members = jobs[job_index].members
             for member, score in zip(members, scores):  # type: ignore[arg-type]
                 results[member] = score
                 request_str = requests[member][0]
@@ -308,8 +315,11 @@ class RBLNLM(TemplateLM):
                 raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
             tokens = self._generation_context(context, max_gen)
             stop = _stop_checker(self.tokenizer, until)
-            max_position = self.max_length
-            programs.append(greedy_program(self.device_backend, tokens, max_gen, max_position, stop, eos_ids))
+            if self.backend == "seq2seq":
+                # lm_eval's hf model passes max_length = context length + max_gen_toks to an encoder-decoder's
+                # generate(), which counts decoder tokens: follow it (per request) so both score the same text.
+                max_gen = len(tokens) + max_gen - 1
+            programs.append(greedy_program(self.device_backend, tokens, max_gen, self.max_length, stop, eos_ids))
             stops.append(until)
         outputs: list[str | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="rbln generate_until")
@@ -360,8 +370,26 @@ class RBLNLM(TemplateLM):
                 "batch_size": self.device_backend.batch_size,
                 "max_length": self.max_length,
                 "device_counters": self.device_counters,
+                **({"simulator_counters": _counter_delta(_simulator_counters(), self._sim_baseline)} if self._sim_baseline is not None else {}),
             }
         }
+
+
+def _simulator_counters() -> dict[str, dict[str, float]] | None:
+    """The simulator's own per-graph counters, when the NPU is simulated (a cross-check of ours)."""
+    from . import sim
+
+    return sim.counters() if sim.is_active() else None
+
+
+def _counter_delta(now: dict[str, dict[str, float]] | None, before: dict[str, dict[str, float]]) -> dict[str, dict[str, int]]:
+    delta: dict[str, dict[str, int]] = {}
+    for graph, values in (now or {}).items():
+        old = before.get(graph, {})
+        calls = int(values.get("calls", 0) - old.get("calls", 0))
+        if calls:
+            delta[graph] = {"calls": calls, "tokens": int(values.get("input_tokens", 0) - old.get("input_tokens", 0))}
+    return delta
 
 
 def _stop_checker(tokenizer: Any, until: list[str]):
@@ -377,11 +405,15 @@ def _stop_checker(tokenizer: Any, until: list[str]):
 
 
 def _parse_device(device: Any) -> int | list[int] | None:
-    """``npu:3`` / ``3`` / ``0,1,2,3`` / ``0-3`` → device index or list; ``cpu``/None → default placement."""
+    """``npu:3`` / ``3`` / ``0,1,2,3`` / ``0-3`` → device index or list; None → default placement.
+
+    lm_eval's own device spellings (``cpu``, ``cuda``, ``cuda:0`` — its CLI default) name no NPU and also
+    mean the default placement.
+    """
     if device is None:
         return None
     text = str(device).strip().lower()
-    if text in ("", "cpu", "npu", "auto", "cuda"):
+    if text in ("", "cpu", "npu", "auto", "cuda", "mps") or text.startswith("cuda:"):
         return None
     text = text.removeprefix("npu:").removeprefix("rbln:")
     try:

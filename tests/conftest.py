@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated hash cache and HF cache for every test, store helpers."""
+"""Shared set-up: the simulated NPU, an isolated hash cache for every test, store helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are tiny: one thread per process is faster than two fighting over the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import rbln_eval.sim as sim  # noqa: E402
+
+# Every test runs on the simulated NPU (and so do the CLI processes they start: activation sets
+# RBLN_EVAL_SIMULATE for children). With a real rebel SDK installed the simulator refuses to shadow it.
+sim.activate()
 
 
 @pytest.fixture(autouse=True)

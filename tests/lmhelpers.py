@@ -1,0 +1,30 @@
+"""Bundles of the embedded demo models, compiled once per test session on the simulator."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from rbln_eval import demo
+from rbln_eval.compiler import CompileOptions
+from rbln_eval.store import Bundle, Store
+from rbln_eval.workflow import compile_bundle, plan_compile
+
+MODEL_DIRS = {"causal": demo.causal_model_dir(), "seq2seq": demo.seq2seq_model_dir()}
+TASKS_DIR = str(demo.tasks_dir())
+
+
+@functools.lru_cache(maxsize=None)
+def demo_bundle(store_root: str, model_class: str, batch_size: int, logits: str = "all") -> Bundle:
+    request = plan_compile(str(MODEL_DIRS[model_class]), CompileOptions(batch_size=batch_size, logits=logits))
+    return compile_bundle(request, Store(store_root)).bundle
+
+
+def sample_values(results: dict[str, Any]) -> dict[str, list[Any]]:
+    """Per task, every logged sample's raw model responses, in document order."""
+    values: dict[str, list[Any]] = {}
+    for task, samples in results["samples"].items():
+        ordered = sorted(samples, key=lambda s: s["doc_id"])
+        values[task] = [[r[0] for r in s["resps"]] for s in ordered]
+    return values
