@@ -31,7 +31,7 @@ DEMO_MODEL := rbln_eval/demo/models/llama
 demo: install
 	$(DEMO) compile $(DEMO_MODEL) --batch-size 4 --store $(DEMO_STORE)
 	$(DEMO) run --model $(DEMO_MODEL) --batch-size 4 --store $(DEMO_STORE) \
-		--tasks demo --include_path rbln_eval/demo/tasks --output_path results/demo
+		--tasks demo --include_path rbln_eval/demo/tasks --output_path results
 
 clean:
 	rm -rf $(VENV) .pytest_cache
