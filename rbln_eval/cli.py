@@ -21,6 +21,7 @@ from . import __version__
 from .errors import RblnEvalError
 from .identity import BundleKey, diff_keys
 from .store import MANIFEST_NAME, STORE_ENV, Bundle, Manifest, Store
+from .units import human_size
 
 app = typer.Typer(
     name="rbln-eval",
@@ -46,15 +47,6 @@ def _store(path: Optional[Path]) -> Store:
     store = Store(path)
     store.check_path()
     return store
-
-
-def human_size(num: int) -> str:
-    value = float(num)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{num} B"
 
 
 def config_summary(config: dict[str, Any], width: int = 48) -> str:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .devices import DeviceReport, detect, first_free_npu
 from .store import Store
+from .units import human_size
 
 PACKAGES = ("rebel-compiler", "optimum-rbln", "torch", "transformers", "lm-eval")
 EXAMPLE_TARGET = "RBLN-CA25"
@@ -78,14 +79,7 @@ def collect(store: Store, report: DeviceReport | None = None) -> dict[str, Any]:
 
 
 def _size(num: int | None) -> str:
-    if num is None:
-        return "?"
-    value = float(num)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{num} B"
+    return "?" if num is None else human_size(num)
 
 
 def render(data: dict[str, Any], console: Console) -> None:

@@ -149,6 +149,7 @@ class RBLNLM(TemplateLM):
         else:
             self.compiled_now = False
         self.loaded = loaded
+        self.load_seconds = loaded.load_seconds
         self.bundle = loaded.bundle
         self.tokenizer = loaded.tokenizer
         self.backend = "seq2seq" if loaded.model_class == "seq2seq" else "causal"
@@ -159,7 +160,7 @@ class RBLNLM(TemplateLM):
         self._truncation_warned = False
         self.eval_seconds = 0.0
         self.requests_served = 0
-        self._sim_baseline = _simulator_counters()
+        self._sim_baseline: dict[str, dict[str, float]] | None = _simulator_counters()
         if batch_size not in (None, "", "auto") and str(batch_size) != str(self.device_backend.batch_size):
             logger.warning(
                 "batch_size %s ignored: bundle %s runs at its compiled batch size %d",
@@ -363,7 +364,7 @@ class RBLNLM(TemplateLM):
                 "key": key.fields(),
                 "toolchain": toolchain_versions(),
                 "compiled_now": self.compiled_now,
-                "load_seconds": round(self.loaded.load_seconds, 3),
+                "load_seconds": round(self.load_seconds, 3),
                 "eval_seconds": round(self.eval_seconds, 3),
                 "requests": self.requests_served,
                 "requests_per_second": round(self.requests_served / self.eval_seconds, 3) if self.eval_seconds else None,

@@ -346,6 +346,7 @@ class DataParallelRBLNLM(RBLNLM):
         self._truncation_warned = False
         self.eval_seconds = 0.0
         self.requests_served = 0
+        self._sim_baseline = None  # the replicas' devices live in the workers
         lm_kwargs = {"max_gen_toks": self._max_gen_toks, "add_bos_token": self.add_bos_token}
         started = time.monotonic()
         self.pool = WorkerPool(bundle, groups, lm_kwargs)
@@ -452,33 +453,18 @@ class DataParallelRBLNLM(RBLNLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """As :meth:`RBLNLM.get_model_info`, plus the replicas: devices, requests and device counters of each."""
-        from .identity import toolchain_versions
-
-        key = self.bundle.key
-        return {
-            "rbln": {
-                "bundle_digest": self.bundle.digest,
-                "bundle_path": str(self.bundle.path),
-                "key": key.fields(),
-                "toolchain": toolchain_versions(),
-                "compiled_now": self.compiled_now,
-                "load_seconds": round(self.load_seconds, 3),
-                "eval_seconds": round(self.eval_seconds, 3),
-                "requests": self.requests_served,
-                "requests_per_second": round(self.requests_served / self.eval_seconds, 3) if self.eval_seconds else None,
-                "batch_size": self.batch_size,
-                "max_length": self.max_length,
-                "device_counters": self.device_counters,
-                "data_parallel": self.data_parallel,
-                "workers": [
-                    {
-                        "devices": list(worker.info["devices"]),
-                        "load_seconds": round(worker.info["load_seconds"], 3),
-                        "requests": worker.requests,
-                        "busy_seconds": round(worker.busy_seconds, 3),
-                        "device_counters": worker.counters,
-                    }
-                    for worker in self.pool.workers
-                ],
-            }
-        }
+        info = super().get_model_info()
+        info["rbln"].update(
+            data_parallel=self.data_parallel,
+            workers=[
+                {
+                    "devices": list(worker.info["devices"]),
+                    "load_seconds": round(worker.info["load_seconds"], 3),
+                    "requests": worker.requests,
+                    "busy_seconds": round(worker.busy_seconds, 3),
+                    "device_counters": worker.counters,
+                }
+                for worker in self.pool.workers
+            ],
+        )
+        return info
