@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RblnEvalError
-from .evaluation import EvalOptions, evaluate, task_manager_for
+from .evaluation import EvalOptions, evaluate, sample_selection, task_manager_for
 from .store import Bundle
 
 logger = logging.getLogger(__name__)
@@ -232,21 +232,7 @@ def run_compare(lm: Any, options: EvalOptions, tolerance: float | None = None, r
         raise RblnEvalError("the evaluation returned no results")
     bundle: Bundle = lm.bundle
     ref_lm = reference if reference is not None else reference_lm(bundle, max_length=lm.max_length)
-    ref = simple_evaluate(
-        model=ref_lm,
-        tasks=options.tasks,
-        num_fewshot=options.num_fewshot,
-        limit=options.limit,
-        log_samples=True,
-        gen_kwargs=options.gen_kwargs,
-        apply_chat_template=options.apply_chat_template,
-        fewshot_as_multiturn=options.fewshot_as_multiturn,
-        task_manager=manager,
-        random_seed=options.seed[0],
-        numpy_random_seed=options.seed[1],
-        torch_random_seed=options.seed[2],
-        fewshot_random_seed=options.seed[3],
-    )
+    ref = simple_evaluate(model=ref_lm, **sample_selection(options, manager), log_samples=True)
     if ref is None:
         raise RblnEvalError("the reference evaluation returned no results")
     pretrained, revision = reference_source(bundle)

@@ -74,6 +74,23 @@ def _missing_tasks(manager: Any, tasks: list[str]) -> list[str]:
     return [t for t in tasks if not Path(t).is_file() and not utils.pattern_match([t], sorted(known))]
 
 
+def sample_selection(options: EvalOptions, manager: Any) -> dict[str, Any]:
+    """``simple_evaluate`` arguments that decide which prompts are scored (identical for two models compared)."""
+    return {
+        "tasks": options.tasks,
+        "num_fewshot": options.num_fewshot,
+        "limit": options.limit,
+        "gen_kwargs": options.gen_kwargs,
+        "apply_chat_template": options.apply_chat_template,
+        "fewshot_as_multiturn": options.fewshot_as_multiturn,
+        "task_manager": manager,
+        "random_seed": options.seed[0],
+        "numpy_random_seed": options.seed[1],
+        "torch_random_seed": options.seed[2],
+        "fewshot_random_seed": options.seed[3],
+    }
+
+
 def evaluate(lm: RBLNLM, options: EvalOptions, task_manager: Any | None = None) -> dict[str, Any] | None:
     """Run ``simple_evaluate`` on ``lm``; save results (and samples) like lm_eval's CLI does."""
     from lm_eval import simple_evaluate
@@ -85,21 +102,8 @@ def evaluate(lm: RBLNLM, options: EvalOptions, task_manager: Any | None = None) 
     if options.use_cache:
         use_cache = f"{options.use_cache}-{lm.bundle.digest[:16]}"
     results = simple_evaluate(
-        model=lm,
-        tasks=options.tasks,
-        num_fewshot=options.num_fewshot,
-        limit=options.limit,
-        log_samples=options.log_samples,
-        gen_kwargs=options.gen_kwargs,
-        apply_chat_template=options.apply_chat_template,
-        fewshot_as_multiturn=options.fewshot_as_multiturn,
-        task_manager=manager,
-        use_cache=use_cache,
-        evaluation_tracker=tracker,
-        random_seed=options.seed[0],
-        numpy_random_seed=options.seed[1],
-        torch_random_seed=options.seed[2],
-        fewshot_random_seed=options.seed[3],
+        model=lm, **sample_selection(options, manager), log_samples=options.log_samples,
+        use_cache=use_cache, evaluation_tracker=tracker,
     )
     if results is None:
         return None
