@@ -67,7 +67,7 @@ class CausalBackend:
     def _decode_mask(self, positions: Sequence[int]) -> torch.Tensor | None:
         if not self.use_attention_mask:
             return None
-        mask = torch.zeros_like(self.model.dec_attn_mask if hasattr(self.model, "dec_attn_mask") else self.decoder.dec_attn_mask)
+        mask = torch.zeros_like(self.decoder.dec_attn_mask)  # the runtime's own mask layout
         for row, position in enumerate(positions):
             mask[row, ..., : position + 1] = 1
         return mask
