@@ -130,8 +130,7 @@ def resolve_target(name: str) -> Callable[..., Any]:
     if len(parts) == 3 and all(_IDENT.match(p) for p in parts):
         namespace, op_name, overload = parts
         if namespace == "rbln_custom_ops" and op_name in ops.OP_NAMES and overload == "default":
-            ops.register()
-            return getattr(getattr(torch.ops.rbln_custom_ops, op_name), overload)
+            return ops.kernel(op_name)
         if namespace == "aten":
             try:
                 packet = getattr(torch.ops.aten, op_name)

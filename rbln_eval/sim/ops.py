@@ -25,10 +25,12 @@ same function (the partition only changes how the device tiles it).
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["OP_NAMES", "register"]
+__all__ = ["KERNELS", "OP_NAMES", "kernel", "register"]
 
 _NS = "rbln_custom_ops"
 
@@ -260,6 +262,27 @@ def register() -> None:
     _registered = True
 
 
+#: The CPU function behind each operator, which the simulator's graph interpreter calls directly: the
+#: ``torch.ops`` dispatcher (autograd and custom-op wrappers) would cost more than the arithmetic itself.
+KERNELS: dict[str, Callable[..., Tensor]] = {}
+
+
+def _define(name: str, mutates_args: Sequence[str] | tuple[()]) -> Callable[[Callable[..., Tensor]], Any]:
+    """``torch.library.custom_op`` for ``rbln_custom_ops::name``, keeping the plain function in :data:`KERNELS`."""
+
+    def wrap(fn: Callable[..., Tensor]) -> Any:
+        KERNELS[name] = fn
+        return torch.library.custom_op(f"{_NS}::{name}", mutates_args=mutates_args)(fn)
+
+    return wrap
+
+
+def kernel(name: str) -> Callable[..., Tensor]:
+    """The CPU function of operator ``name`` (one of :data:`OP_NAMES`)."""
+    register()
+    return KERNELS[name]
+
+
 def _op_defined(name: str) -> bool:
     try:
         torch._C._get_schema(f"{_NS}::{name}", "")
@@ -273,10 +296,9 @@ def _fake_like_q(q: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _define_all() -> None:  # noqa: C901 - one block per operator keeps the schemas readable
-    lib = "rbln_custom_ops::"
     kv = ["kcache", "vcache"]
 
-    @torch.library.custom_op(lib + "linear", mutates_args=())
+    @_define("linear", mutates_args=())
     def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return torch._C._nn.linear(input, weight, bias)
 
@@ -284,7 +306,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
     def _(input, weight, bias=None):
         return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
-    @torch.library.custom_op(lib + "rbln_cache_update", mutates_args=["cache"])
+    @_define("rbln_cache_update", mutates_args=["cache"])
     def rbln_cache_update(cache: Tensor, state: Tensor, position: Tensor, axis: Tensor) -> Tensor:
         dim = int(axis)
         start = int(position)
@@ -297,7 +319,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
         return torch.empty_like(cache)
 
     # -- masked (non-causal) ---------------------------------------------------------------
-    @torch.library.custom_op(lib + "paged_attn_prefill", mutates_args=kv)
+    @_define("paged_attn_prefill", mutates_args=kv)
     def paged_attn_prefill(
         q: Tensor,
         k: Tensor,
@@ -316,7 +338,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, causal=False, mask=mask, s_aux=s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_attn_decode", mutates_args=kv)
+    @_define("paged_attn_decode", mutates_args=kv)
     def paged_attn_decode(
         q: Tensor,
         k: Tensor,
@@ -334,7 +356,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, causal=False, mask=mask, s_aux=s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_flash_attn_prefill", mutates_args=kv)
+    @_define("paged_flash_attn_prefill", mutates_args=kv)
     def paged_flash_attn_prefill(
         q: Tensor,
         k: Tensor,
@@ -354,7 +376,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, causal=False, mask=mask, s_aux=s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_flash_attn_decode", mutates_args=kv)
+    @_define("paged_flash_attn_decode", mutates_args=kv)
     def paged_flash_attn_decode(
         q: Tensor,
         k: Tensor,
@@ -385,7 +407,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, causal=True, mask=mask, s_aux=s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_causal_attn_prefill", mutates_args=kv)
+    @_define("paged_causal_attn_prefill", mutates_args=kv)
     def paged_causal_attn_prefill(
         q: Tensor,
         k: Tensor,
@@ -404,7 +426,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, is_bidirectional, mask, s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_causal_attn_decode", mutates_args=kv)
+    @_define("paged_causal_attn_decode", mutates_args=kv)
     def paged_causal_attn_decode(
         q: Tensor,
         k: Tensor,
@@ -422,7 +444,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, causal=True, mask=mask, s_aux=s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_flash_causal_attn_prefill", mutates_args=kv)
+    @_define("paged_flash_causal_attn_prefill", mutates_args=kv)
     def paged_flash_causal_attn_prefill(
         q: Tensor,
         k: Tensor,
@@ -442,7 +464,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             q, k, v, kcache, vcache, seq, scale, block_table, block_size, is_bidirectional, mask, s_aux
         )
 
-    @torch.library.custom_op(lib + "paged_flash_causal_attn_decode", mutates_args=kv)
+    @_define("paged_flash_causal_attn_decode", mutates_args=kv)
     def paged_flash_causal_attn_decode(
         q: Tensor,
         k: Tensor,
@@ -462,7 +484,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
         )
 
     # -- additive mask (T5 relative position bias) -------------------------------------------
-    @torch.library.custom_op(lib + "paged_add_softmax_attn_decode", mutates_args=kv)
+    @_define("paged_add_softmax_attn_decode", mutates_args=kv)
     def paged_add_softmax_attn_decode(
         q: Tensor,
         k: Tensor,
@@ -480,7 +502,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
         )
 
     # -- sliding window --------------------------------------------------------------------
-    @torch.library.custom_op(lib + "paged_sliding_window_attn_prefill", mutates_args=kv)
+    @_define("paged_sliding_window_attn_prefill", mutates_args=kv)
     def paged_sliding_window_attn_prefill(
         q: Tensor,
         k: Tensor,
@@ -512,7 +534,7 @@ def _define_all() -> None:  # noqa: C901 - one block per operator keeps the sche
             s_aux,
         )
 
-    @torch.library.custom_op(lib + "paged_sliding_window_attn_decode", mutates_args=kv)
+    @_define("paged_sliding_window_attn_decode", mutates_args=kv)
     def paged_sliding_window_attn_decode(
         q: Tensor,
         k: Tensor,
