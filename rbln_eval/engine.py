@@ -17,7 +17,6 @@ share a row so that no row is left with far more decode work than the others.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Protocol, Sequence
 
@@ -63,8 +62,12 @@ def run_programs(
     on_result: Callable[[int, object], None] | None = None,
     pad_token: int = 0,
 ) -> list[object]:
-    """Run ``programs`` over the backend's rows; results in program order."""
-    pending = deque(enumerate(programs))
+    """Run ``programs`` over the backend's rows; results in program order.
+
+    ``programs`` is consumed lazily, one program each time a row falls free, so it may be a stream that is
+    still being fed (the data-parallel workers pull their next requests that way).
+    """
+    pending = enumerate(programs)
     rows: list[tuple[int, Program, Step] | None] = [None] * backend.batch_size
     results: dict[int, object] = {}
 
@@ -83,10 +86,15 @@ def run_programs(
             raise RuntimeError(f"a program may open its row only once, got {request!r}")
         return request
 
-    while pending or any(rows):
+    exhausted = False
+    while True:
         for row in range(backend.batch_size):
-            while rows[row] is None and pending:
-                index, program = pending.popleft()
+            while rows[row] is None and not exhausted:
+                try:
+                    index, program = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
                 request = next(program)
                 if not isinstance(request, Open):
                     raise RuntimeError(f"a program must open its row first, got {request!r}")

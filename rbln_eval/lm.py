@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .backends import backend_for
 from .compiler import CompileOptions
-from .engine import greedy_program, loglikelihood_program, plan_loglikelihood, run_programs
+from .engine import Program, greedy_program, loglikelihood_program, plan_loglikelihood, run_programs
 from .errors import ConfigError, RblnEvalError
 from .identity import toolchain_versions
 from .loader import LoadedBundle, load_bundle
@@ -304,29 +304,17 @@ class RBLNLM(TemplateLM):
             return self._generate_until(requests, disable_tqdm)
 
     def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
-        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
         programs = []
-        stops: list[list[str]] = []
+        finishers = []
         for context, gen_kwargs in [request.args for request in requests]:
-            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-            max_gen = int(kwargs.pop("max_gen_toks"))
-            if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
-                raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
-            tokens = self._generation_context(context, max_gen)
-            stop = _stop_checker(self.tokenizer, until)
-            if self.backend == "seq2seq":
-                # lm_eval's hf model passes max_length = context length + max_gen_toks to an encoder-decoder's
-                # generate(), which counts decoder tokens: follow it (per request) so both score the same text.
-                max_gen = len(tokens) + max_gen - 1
-            programs.append(greedy_program(self.device_backend, tokens, max_gen, self.max_length, stop, eos_ids))
-            stops.append(until)
+            program, finish = self._generation_program(context, gen_kwargs)
+            programs.append(program)
+            finishers.append(finish)
         outputs: list[str | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="rbln generate_until")
 
         def collect(index: int, generated: object) -> None:
-            text = postprocess_generated_text(self.tok_decode(generated), stops[index], None)  # type: ignore[arg-type]
+            text = finishers[index](generated)  # type: ignore[arg-type]
             outputs[index] = text
             self.cache_hook.add_partial("generate_until", requests[index].args, text)
             progress.update(1)
@@ -334,6 +322,24 @@ class RBLNLM(TemplateLM):
         run_programs(self.device_backend, programs, on_result=collect, pad_token=self._pad_token_id())
         progress.close()
         return outputs  # type: ignore[return-value]
+
+    def _generation_program(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[Program, Callable[[list[int]], str]]:
+        """The greedy program for one ``generate_until`` request, and what turns its tokens into the answer."""
+        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+        max_gen = int(kwargs.pop("max_gen_toks"))
+        if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
+            raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
+        tokens = self._generation_context(context, max_gen)
+        stop = _stop_checker(self.tokenizer, until)
+        if self.backend == "seq2seq":
+            # lm_eval's hf model passes max_length = context length + max_gen_toks to an encoder-decoder's
+            # generate(), which counts decoder tokens: follow it (per request) so both score the same text.
+            max_gen = len(tokens) + max_gen - 1
+        program = greedy_program(self.device_backend, tokens, max_gen, self.max_length, stop, eos_ids)
+        return program, lambda generated: postprocess_generated_text(self.tok_decode(generated), until, None)
 
     def _generation_context(self, context: str, max_gen: int) -> list[int]:
         if self.backend == "seq2seq":

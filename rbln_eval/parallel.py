@@ -1,33 +1,35 @@
 """Data parallelism: one bundle, K replicas, each in its own worker process on its own group of NPUs.
 
-The parent tokenizes, shares the requests among the workers balanced by token count (the tokens each
-request costs the device: a prefill weighs a full batch row per chunk, a decode step one token;
-loglikelihood requests with the same context stay in one shard, so that context is prefilled once, exactly
-as a single replica groups them), and merges the
-results back in request order. Each worker loads the bundle with ``load_bundle(bundle, device=group)``
-and scores its shard with an ordinary :class:`~rbln_eval.lm.RBLNLM`, so the scores are those of a single
-replica. A worker that dies fails the whole call: no partial scores are ever returned.
+The parent tokenizes and plans the requests exactly as a single replica does, then streams them to the
+workers longest first: each worker starts with enough to fill its batch rows and asks for more whenever
+its queue runs low, so a worker whose generations stop early simply takes more requests, and near the end
+the portions shrink to single requests so that the workers finish together. Loglikelihood requests that share a context travel
+as one job, so that context is prefilled once. Each worker loads the bundle with
+``load_bundle(bundle, device=group)`` and runs the requests it is sent on the batch rows of an ordinary
+:class:`~rbln_eval.lm.RBLNLM`, so the scores are those of a single replica; the parent puts them back in
+request order. A worker that dies fails the whole call: no partial scores are ever returned.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from .devices import format_devices
-from .engine import plan_loglikelihood
+from .engine import Program, loglikelihood_program, plan_loglikelihood, run_programs
 from .errors import RblnEvalError
 from .lm import DEFAULT_MAX_GEN_TOKS, RBLNLM, _as_bool
 from .store import Bundle
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 900.0
 STOP_TIMEOUT = 10.0
+#: A worker asks for more work when fewer items than this wait for a free row.
+PREFETCH = 2
 
 
 class WorkerDiedError(RblnEvalError):
@@ -55,15 +59,6 @@ class WorkerSpec:
     devices: list[int]
     lm_kwargs: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
-
-
-class _Request:
-    """Stands in for lm_eval's ``Instance``: RBLNLM only reads ``.args``."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, args: tuple) -> None:
-        self.args = args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,16 +82,74 @@ def _error_payload(exc: BaseException) -> tuple[str, str, str, bool]:
     return type(exc).__name__, str(exc), traceback.format_exc(), isinstance(exc, RblnEvalError)
 
 
-def _serve(lm: RBLNLM, method: str, payload: Any) -> Any:
+class _Stop(Exception):
+    """The parent asked the worker to stop in the middle of a call."""
+
+
+def _program(lm: RBLNLM, method: str, payload: Any) -> tuple[Program, Callable[[Any], Any]]:
+    """The program for one streamed item, and what turns its result into the reply."""
     if method == "loglikelihood":
-        return lm._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in payload], disable_tqdm=True)
+        context, continuations = payload
+        return loglikelihood_program(lm.device_backend, context, continuations), list
     if method == "generate_until":
-        return lm._generate_until([_Request((ctx, kwargs)) for ctx, kwargs in payload], True)
+        context, gen_kwargs = payload
+        return lm._generation_program(context, gen_kwargs)
     raise ValueError(f"unknown worker method {method!r}")
 
 
+def _serve(lm: RBLNLM, conn: Connection, method: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Run a streamed call: ``items`` first, then whatever the parent sends when asked, until it says "end".
+
+    More is asked for (with the results finished so far) as soon as fewer than :data:`PREFETCH` items wait,
+    so the next ones arrive while the rows are still busy, and no worker holds on to work another one could
+    start sooner. Returns the results not yet sent.
+    """
+    queue = deque(items)
+    finished: list[tuple[int, Any]] = []
+    indices: list[int] = []
+    finishers: list[Callable[[Any], Any]] = []
+    state = {"asked": False, "ended": False}
+
+    def receive(block: bool) -> None:
+        while state["asked"] and (block or conn.poll()):
+            message = conn.recv()
+            if message[0] == "work":
+                queue.extend(message[1])
+            elif message[0] == "end":
+                state["ended"] = True
+            elif message[0] == "stop":
+                raise _Stop
+            else:
+                raise RuntimeError(f"unexpected message {message[0]!r} during {method}")
+            state["asked"] = block = False
+
+    def programs() -> Iterator[Program]:
+        while True:
+            receive(block=False)
+            if not state["ended"] and not state["asked"] and len(queue) < PREFETCH:
+                conn.send(("want", finished.copy()))
+                finished.clear()
+                state["asked"] = True
+            if not queue:
+                if state["ended"]:
+                    return
+                receive(block=True)
+                continue
+            index, payload = queue.popleft()
+            program, finish = _program(lm, method, payload)
+            indices.append(index)
+            finishers.append(finish)
+            yield program
+
+    def collect(local: int, value: Any) -> None:
+        finished.append((indices[local], finishers[local](value)))
+
+    run_programs(lm.device_backend, programs(), on_result=collect, pad_token=lm._pad_token_id())
+    return finished
+
+
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """Entry point of a worker process: load the bundle on ``spec.devices``, then serve shards until told to stop."""
+    """Entry point of a worker process: load the bundle on ``spec.devices``, then serve calls until told to stop."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
         import torch
@@ -123,18 +176,22 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         return
     while True:
         try:
-            method, payload = conn.recv()
+            method, items = conn.recv()
         except (EOFError, OSError):
             return
         if method == "stop":
             return
         started = time.monotonic()
         try:
-            result = _serve(lm, method, payload)
-        except BaseException as exc:  # noqa: BLE001
+            results = _serve(lm, conn, method, items)
+        except _Stop:
+            return
+        except (EOFError, OSError):  # the parent is gone
+            return
+        except BaseException as exc:  # noqa: BLE001 - the parent fails the pool on any error
             conn.send(("error", _error_payload(exc)))
-            continue
-        conn.send(("ok", result, {"counters": lm.device_counters, "seconds": time.monotonic() - started}))
+            return
+        conn.send(("done", results, {"counters": lm.device_counters, "seconds": time.monotonic() - started}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,7 +226,7 @@ def _exit_text(code: int | None) -> str:
 
 
 class WorkerPool:
-    """K worker processes, one per device group, started together; :meth:`map` runs one shard on each."""
+    """K worker processes, one per device group, started together; :meth:`stream` shares a call's requests among them."""
 
     def __init__(self, bundle: Bundle, groups: Sequence[Sequence[int]], lm_kwargs: dict[str, Any] | None = None) -> None:
         if not groups:
@@ -201,74 +258,122 @@ class WorkerPool:
         self.close()
         return cls(message)
 
-    def _gather(self, workers: list[_Worker], what: str, timeout: float | None = None) -> list[Any]:
-        """One reply from each of ``workers`` (in their order); a death or error fails the pool."""
-        pending = {worker.spec.index: worker for worker in workers}
-        replies: dict[int, Any] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while pending:
-            waiting = [w.conn for w in pending.values()] + [w.process.sentinel for w in pending.values()]
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait(waiting, timeout=remaining)
+    def _messages(self, workers: Sequence[_Worker], what: str, timeout: float | None = None) -> Iterator[tuple[_Worker, tuple]]:
+        """Messages from ``workers`` as they arrive; a death, an error or ``timeout`` without one fails the pool."""
+        while True:
+            waiting = [w.conn for w in workers] + [w.process.sentinel for w in workers]
+            ready = wait(waiting, timeout=timeout)
             if not ready:
-                names = ", ".join(w.where for w in pending.values())
+                names = ", ".join(w.where for w in workers)
                 raise self._fail(f"{names}: no answer to {what} after {timeout:.0f}s")
-            for index, worker in list(pending.items()):
+            for worker in workers:
                 if worker.conn in ready or worker.conn.poll():
                     try:
                         message = worker.conn.recv()
                     except (EOFError, OSError):
                         message = None
                     if message is not None:
-                        replies[index] = self._accept(worker, message, what)
-                        del pending[index]
-                        continue
+                        if message[0] == "error":
+                            self._raise_error(worker, message[1], what)
+                        yield worker, message
+                        break  # ``workers`` may have changed: wait again
                 if worker.process.sentinel in ready or not worker.process.is_alive():
-                    worker.process.join(1.0)
-                    raise self._fail(
-                        f"{worker.where} died during {what} ({_exit_text(worker.process.exitcode)}); "
-                        "the evaluation was stopped and no scores were reported"
-                    )
+                    raise self._died(worker, what)
+
+    def _gather(self, workers: list[_Worker], what: str, timeout: float | None = None) -> list[Any]:
+        """One reply from each of ``workers`` (in their order)."""
+        replies: dict[int, Any] = {}
+        pending = list(workers)
+        for worker, message in self._messages(pending, what, timeout):
+            replies[worker.spec.index] = message[1]
+            pending.remove(worker)
+            if not pending:
+                break
         return [replies[w.spec.index] for w in workers]
 
-    def _accept(self, worker: _Worker, message: tuple, what: str) -> Any:
-        kind = message[0]
-        if kind == "error":
-            name, text, trace, user_error = message[1]
-            if user_error:
-                raise self._fail(f"{worker.where}: {text}", RblnEvalError)
-            logger.error("%s failed during %s:\n%s", worker.where, what, trace)
-            raise self._fail(f"{worker.where} failed during {what}: {name}: {text}", WorkerFailedError)
-        if kind == "ready":
-            return message[1]
-        _, result, stats = message
-        worker.counters = stats["counters"]
-        worker.busy_seconds += stats["seconds"]
-        return result
+    def _raise_error(self, worker: _Worker, error: tuple[str, str, str, bool], what: str) -> None:
+        name, text, trace, user_error = error
+        if user_error:
+            raise self._fail(f"{worker.where}: {text}", RblnEvalError)
+        logger.error("%s failed during %s:\n%s", worker.where, what, trace)
+        raise self._fail(f"{worker.where} failed during {what}: {name}: {text}", WorkerFailedError)
 
-    def map(self, method: str, shards: Sequence[Any | None], on_done: Callable[[int], None] | None = None) -> list[Any]:
-        """Send ``shards[i]`` to worker ``i`` (``None``: nothing for it) and return the replies in that order."""
+    def _died(self, worker: _Worker, what: str) -> RblnEvalError:
+        worker.process.join(1.0)
+        return self._fail(
+            f"{worker.where} died during {what} ({_exit_text(worker.process.exitcode)}); "
+            "the evaluation was stopped and no scores were reported"
+        )
+
+    def _send(self, worker: _Worker, message: tuple, what: str) -> None:
+        try:
+            worker.conn.send(message)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._died(worker, what) from None
+
+    def stream(
+        self,
+        method: str,
+        payloads: Sequence[Any],
+        costs: Sequence[int],
+        sizes: Sequence[int] | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """Run ``payloads`` on the workers, most costly first, each worker asking for more as it frees up.
+
+        ``sizes`` counts the requests in each payload (1 each by default) for the workers' statistics and
+        ``on_done``, which is called with the number of requests whose results just came back. Results are
+        returned in payload order.
+        """
         if self.broken:
             raise WorkerDiedError(f"the worker pool is not usable: {self.broken}")
+        if not payloads:
+            return []
+        sizes = sizes if sizes is not None else [1] * len(payloads)
+        queue = deque(sorted(range(len(payloads)), key=lambda i: (-costs[i], i)))
+        results: list[Any] = [None] * len(payloads)
+        received = [False] * len(payloads)
+        batch = max(1, int(self.workers[0].info.get("batch_size", 1)))
+
+        def portion(worker: _Worker, count: int) -> list[tuple[int, Any]]:
+            items = [queue.popleft() for _ in range(min(count, len(queue)))]
+            worker.requests += sum(sizes[i] for i in items)
+            return [(i, payloads[i]) for i in items]
+
+        def accept(worker: _Worker, finished: list[tuple[int, Any]]) -> None:
+            for index, result in finished:
+                if not 0 <= index < len(payloads) or received[index]:
+                    raise self._fail(f"{worker.where} returned a result for a request it was not sent", WorkerFailedError)
+                results[index], received[index] = result, True
+            if on_done is not None and finished:
+                on_done(sum(sizes[i] for i, _ in finished))
+
         active: list[_Worker] = []
-        for worker, shard in zip(self.workers, shards):
-            if shard is None:
-                continue
-            try:
-                worker.conn.send((method, shard))
-            except (BrokenPipeError, EOFError, OSError):
-                worker.process.join(1.0)
-                raise self._fail(
-                    f"{worker.where} died before {method} ({_exit_text(worker.process.exitcode)}); "
-                    "the evaluation was stopped and no scores were reported"
-                ) from None
-            worker.requests += len(shard)
+        first = min(batch + 1, math.ceil(len(queue) / len(self.workers)))  # fill the rows, keep one waiting
+        for worker in self.workers:
+            if not queue:
+                break
+            self._send(worker, (method, portion(worker, first)), method)
             active.append(worker)
-        replies = self._gather(active, method)
-        by_index = {worker.spec.index: reply for worker, reply in zip(active, replies)}
-        if on_done is not None:
-            on_done(sum(len(s) for s in shards if s is not None))
-        return [by_index.get(i) for i in range(len(self.workers))]
+        for worker, message in self._messages(active, method):
+            if message[0] == "want":
+                accept(worker, message[1])
+                # Guided portions: up to a batch while plenty is left, single items towards the end.
+                count = max(1, min(batch, len(queue) // (4 * len(self.workers))))
+                self._send(worker, ("work", portion(worker, count)) if queue else ("end",), method)
+            elif message[0] == "done":
+                _, finished, stats = message
+                accept(worker, finished)
+                worker.counters = stats["counters"]
+                worker.busy_seconds += stats["seconds"]
+                active.remove(worker)
+                if not active:
+                    break
+            else:
+                raise self._fail(f"{worker.where} sent an unexpected {message[0]!r} during {method}", WorkerFailedError)
+        if not all(received):
+            raise self._fail(f"{received.count(False)} request(s) of {method} came back without a result", WorkerFailedError)
+        return results
 
     def close(self) -> None:
         """Stop every worker (politely, then by force)."""
@@ -290,17 +395,6 @@ class WorkerPool:
 # --------------------------------------------------------------------------------------------------
 # Sharding
 # --------------------------------------------------------------------------------------------------
-
-
-def balance(costs: Sequence[int], shards: int) -> list[list[int]]:
-    """Indices of ``costs`` split into ``shards`` lists of near-equal total cost (largest first, to the lightest)."""
-    heap = [(0, shard) for shard in range(shards)]
-    assignment: list[list[int]] = [[] for _ in range(shards)]
-    for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        load, shard = heapq.heappop(heap)
-        assignment[shard].append(item)
-        heapq.heappush(heap, (load + max(1, costs[item]), shard))
-    return [sorted(items) for items in assignment]
 
 
 @dataclass(frozen=True)
@@ -387,17 +481,23 @@ class DataParallelRBLNLM(RBLNLM):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, method: str, payloads: list[Any], costs: list[int], disable_tqdm: bool) -> list[Any]:
-        """Score ``payloads`` across the workers; results in payload order."""
-        return [group[0] for group in self._run_grouped(method, [[p] for p in payloads], costs, disable_tqdm)]
+    def _score(self, method: str, payloads: list[Any], costs: list[int], sizes: list[int], disable_tqdm: bool) -> list[Any]:
+        """Stream ``payloads`` to the workers; results in payload order."""
+        if not payloads:
+            return []
+        progress = tqdm(total=sum(sizes), disable=disable_tqdm, desc=f"rbln {method} ×{self.data_parallel}")
+        try:
+            return self.pool.stream(method, payloads, costs, sizes, on_done=progress.update)
+        finally:
+            progress.close()
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        # Plan jobs exactly as a single replica does; a job is scored on one row, so it stays in one shard.
+        # Plan jobs exactly as a single replica does; a job is scored on one row of one worker.
         fitted = self._fit_all(requests)
         jobs = plan_loglikelihood(fitted, full_logits=self.device_backend.full_logits)
-        payloads = [[(list(requests[i][1]), list(requests[i][2])) for i in job.members] for job in jobs]
+        payloads = [(list(job.context), [fitted[i][1] for i in job.members]) for job in jobs]
         costs = [self._job_cost(len(job.context), [len(fitted[i][1]) for i in job.members]) for job in jobs]
-        scored = self._run_grouped("loglikelihood", payloads, costs, disable_tqdm)
+        scored = self._score("loglikelihood", payloads, costs, [len(job.members) for job in jobs], disable_tqdm)
         results: list[Any] = [None] * len(requests)
         for job, scores in zip(jobs, scored):
             for index, score in zip(job.members, scores):
@@ -413,32 +513,6 @@ class DataParallelRBLNLM(RBLNLM):
             return shape.prefill_cost(context + max(continuations) - 1)
         return shape.prefill_cost(context) + sum(continuations) - len(continuations)
 
-    def _run_grouped(self, method: str, groups: list[list[Any]], costs: list[int], disable_tqdm: bool) -> list[list[Any]]:
-        """Like :meth:`_run`, with each group of payloads kept in one shard."""
-        if not groups:
-            return []
-        shards = balance(costs, self.data_parallel)
-        flat_shards: list[list[Any] | None] = []
-        for shard in shards:
-            flat = [item for g in shard for item in groups[g]]
-            flat_shards.append(flat or None)
-        progress = tqdm(
-            total=sum(len(g) for g in groups), disable=disable_tqdm, desc=f"rbln {method} ×{self.data_parallel}",
-        )
-        replies = self.pool.map(method, flat_shards, on_done=progress.update)
-        progress.close()
-        results: list[list[Any]] = [[] for _ in groups]
-        for shard, flat, reply in zip(shards, flat_shards, replies):
-            if not shard:
-                continue
-            if reply is None or len(reply) != len(flat or []):
-                raise WorkerFailedError("a worker returned a different number of results than it was sent")
-            offset = 0
-            for g in shard:
-                results[g] = list(reply[offset : offset + len(groups[g])])
-                offset += len(groups[g])
-        return results
-
     def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
         payloads = [(context, dict(gen_kwargs)) for context, gen_kwargs in [request.args for request in requests]]
         costs = [
@@ -446,7 +520,7 @@ class DataParallelRBLNLM(RBLNLM):
             + int(kwargs.get("max_gen_toks") or self.max_gen_toks)
             for context, kwargs in payloads
         ]
-        outputs = self._run("generate_until", payloads, costs, disable_tqdm)
+        outputs = self._score("generate_until", payloads, costs, [1] * len(payloads), disable_tqdm)
         for request, text in zip(requests, outputs):
             self.cache_hook.add_partial("generate_until", request.args, text)
         return outputs

@@ -19,7 +19,6 @@ from rbln_eval.devices import (
     plan_replicas,
 )
 from rbln_eval.errors import ConfigError, RblnEvalError
-from rbln_eval.parallel import balance
 
 RBLN_STAT_JSON = Path(__file__).parent / "data" / "rbln_stat.json"
 
@@ -100,10 +99,3 @@ def test_rbln_stat_parsing_is_defensive() -> None:
     apply_rbln_stat(only_driver, {"devices": [{"npu": 0, "name": "RBLN-CA22", "memory": {"used": "0", "total": "1"}}]})
     assert [(n.index, n.name, n.available) for n in only_driver.npus] == [(0, "RBLN-CA22", True)]
 
-
-def test_balance_spreads_cost() -> None:
-    shards = balance([10, 1, 1, 1, 9, 2], 2)
-    assert sorted(i for shard in shards for i in shard) == list(range(6))
-    loads = [sum([10, 1, 1, 1, 9, 2][i] for i in shard) for shard in shards]
-    assert loads == [12, 12]
-    assert balance([5], 3) == [[0], [], []]

@@ -1,5 +1,6 @@
-"""Data parallelism on the simulated node: K=1,2,4 replicas give identical results; tp=4 replicas take
-devices 0-3 and 4-7; a dead worker fails the run with its devices named."""
+"""Data parallelism on the simulated node: K=1,2,4 replicas give identical results; a stalled worker is
+left with little work; tp=4 replicas take devices 0-3 and 4-7; a dead worker fails the run with its devices
+named."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,25 @@ def test_one_two_and_four_replicas_score_identically(bundle: Bundle, single_thre
         assert info["device_counters"]["prefill"]["calls"] == single["config"]["rbln"]["device_counters"]["prefill"]["calls"]
 
 
+def test_a_stalled_worker_is_left_with_little_work(bundle: Bundle, single_thread: None) -> None:
+    requests = [(None, [5 + i, 6, 7], [8]) for i in range(60)]
+    expected = RBLNLM(loaded=load_bundle(bundle, device=0))._loglikelihood_tokens(requests, disable_tqdm=True)
+    with DataParallelRBLNLM(bundle, [[0], [1]]) as lm:
+        slow = lm.pool.workers[1].process
+        os.kill(slow.pid, signal.SIGSTOP)  # its first portion waits in the pipe until it resumes
+        resume = threading.Timer(3.0, os.kill, (slow.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            scores = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+        finally:
+            resume.cancel()
+            os.kill(slow.pid, signal.SIGCONT)
+        served = [worker.requests for worker in lm.pool.workers]
+    assert scores == expected
+    assert sum(served) == 60
+    assert served[1] < 20, served  # an even split would have left it 30 to do after it resumed
+
+
 def test_a_dead_worker_fails_the_call_and_names_its_devices(bundle: Bundle) -> None:
     lm = DataParallelRBLNLM(bundle, [[2], [5]])
     try:
@@ -94,7 +115,7 @@ def test_a_dead_worker_fails_the_call_and_names_its_devices(bundle: Bundle) -> N
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(30)
         requests = [(None, [5, 6, 7], [8]), (None, [9, 10], [11, 12]), (None, [13], [14])]
-        with pytest.raises(WorkerDiedError, match=r"^worker 1 on npu:5 died (before|during) loglikelihood \(killed by SIGKILL\); .*no scores were reported$"):
+        with pytest.raises(WorkerDiedError, match=r"^worker 1 on npu:5 died during loglikelihood \(killed by SIGKILL\); .*no scores were reported$"):
             lm._loglikelihood_tokens(requests, disable_tqdm=True)
         assert not lm.pool.workers[0].process.is_alive()
         with pytest.raises(WorkerDiedError, match="not usable"):
