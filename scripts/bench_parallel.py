@@ -1,19 +1,19 @@
 #!/usr/bin/env python
 """Data-parallel speedup on the simulated node: K = 1, 2, 4 replicas of the demo bundle.
 
-Every runtime call costs a fixed simulated latency (``RBLN_EVAL_SIM_LATENCY_MS``, 50 ms by default here),
-as NPU calls dominate a real evaluation. K=1 is the in-process replica that ``rbln-eval run`` uses; K>1 are
-worker processes (``run --data-parallel K``). Worker start-up is reported apart from evaluation time.
-The script fails if any K gives a different score or logged sample than K=1.
+Every runtime call takes a simulated device time (``RBLN_EVAL_SIM_LATENCY_MS``, 50 ms by default here),
+as NPU calls dominate a real evaluation; the simulator's arithmetic runs inside it. K=1 is the in-process
+replica that ``rbln-eval run`` uses; K>1 are worker processes (``run --data-parallel K``). Worker start-up
+is reported apart from evaluation time. The script fails if any K gives a different score or logged sample
+than K=1.
 
-The tasks are the demo's loglikelihood, multiple-choice and generation tasks. ``demo_ppl`` is left out:
-every rolling window that starts a document shares the one-token BOS context, and a single replica scores
-requests that share a context together on one row, so data parallelism keeps them in one shard too
-(splitting them would change which continuation is read off the prefill, and with it the last bits).
+The tasks are the demo's four: loglikelihood (cloze), multiple choice, rolling perplexity and generation,
+every document of each unless ``--limit`` says otherwise. "Busiest worker" is the largest share of the
+device calls any one worker made (1/K is a perfect balance).
 
 Usage::
 
-    python scripts/bench_parallel.py                       # demo model, limit 48 per task
+    python scripts/bench_parallel.py                       # demo model, every document
     python scripts/bench_parallel.py --model DIR --limit 24
 """
 
@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-TASKS = ["demo_cloze", "demo_mc", "demo_gen"]
+TASKS = ["demo_cloze", "demo_mc", "demo_ppl", "demo_gen"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,8 +38,8 @@ def parse_args() -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(demo.causal_model_dir()), help="causal model directory (default: the demo model)")
-    parser.add_argument("--limit", type=int, default=48, help="documents per task (default: %(default)s)")
-    parser.add_argument("--latency-ms", type=float, default=50.0, help="simulated latency per runtime call (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="simulated device time per runtime call (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="compiled batch size (default: %(default)s)")
     parser.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     return parser.parse_args()
@@ -105,17 +105,23 @@ def main() -> int:
         scoring = results["config"]["rbln"]["eval_seconds"]
         if len(baseline) == 3:
             baseline = (*baseline, scoring)
-        rows.append((k, startup, seconds, scoring, calls, baseline[2] / seconds, baseline[3] / scoring))
+        workers = results["config"]["rbln"].get("workers") or [{"device_counters": counters}]
+        busiest = max(sum(c["calls"] for c in w["device_counters"].values()) for w in workers) / calls
+        rows.append((k, startup, seconds, scoring, calls, busiest, baseline[2] / seconds, baseline[3] / scoring))
         print(f"K={k}: {seconds:.1f}s", file=sys.stderr)
 
     requests = results["config"]["rbln"]["requests"]
-    print(f"{', '.join(TASKS)}; limit {args.limit}; {requests} requests; "
+    documents = "every document" if args.limit is None else f"limit {args.limit}"
+    print(f"{', '.join(TASKS)}; {documents}; {requests} requests; "
           f"{args.latency_ms:g} ms per call; batch {args.batch_size}; scores identical for every K")
     print("start-up: loading the replicas; wall: simple_evaluate; scoring: time in the model's request calls")
-    print(f"{'K':>3} | {'start-up s':>10} | {'wall s':>7} | {'scoring s':>9} | {'device calls':>12} | {'wall speedup':>12} | {'scoring speedup':>15}")
-    print("-" * 87)
-    for k, startup, seconds, scoring, calls, speedup, scoring_speedup in rows:
-        print(f"{k:>3} | {startup:>10.1f} | {seconds:>7.1f} | {scoring:>9.1f} | {calls:>12} | {speedup:>11.2f}x | {scoring_speedup:>14.2f}x")
+    header = (f"{'K':>3} | {'start-up s':>10} | {'wall s':>7} | {'scoring s':>9} | {'device calls':>12} | "
+              f"{'busiest worker':>14} | {'wall speedup':>12} | {'scoring speedup':>15}")
+    print(header)
+    print("-" * len(header))
+    for k, startup, seconds, scoring, calls, busiest, speedup, scoring_speedup in rows:
+        print(f"{k:>3} | {startup:>10.1f} | {seconds:>7.1f} | {scoring:>9.1f} | {calls:>12} | {busiest:>14.1%} | "
+              f"{speedup:>11.2f}x | {scoring_speedup:>14.2f}x")
     return 0
 
 
