@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .identity import toolchain_versions
 from .lm import RBLNLM
 
 
