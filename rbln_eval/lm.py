@@ -159,6 +159,7 @@ class RBLNLM(TemplateLM):
         self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token, "add_bos_token")
         self._truncation_warned = False
         self.eval_seconds = 0.0
+        self.seconds_by_type: dict[str, float] = {}
         self.requests_served = 0
         self._sim_baseline: dict[str, dict[str, float]] | None = _simulator_counters()
         if batch_size not in (None, "", "auto") and str(batch_size) != str(self.device_backend.batch_size):
@@ -201,17 +202,19 @@ class RBLNLM(TemplateLM):
             self._truncation_warned = True
 
     @contextlib.contextmanager
-    def _timed(self, requests: int) -> Iterator[None]:
+    def _timed(self, request_type: str, requests: int) -> Iterator[None]:
         started = time.monotonic()
         try:
             yield
         finally:
-            self.eval_seconds += time.monotonic() - started
+            seconds = time.monotonic() - started
+            self.eval_seconds += seconds
+            self.seconds_by_type[request_type] = self.seconds_by_type.get(request_type, 0.0) + seconds
             self.requests_served += requests
 
     # ---- loglikelihood ------------------------------------------------------------------------------
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        with self._timed(len(requests)):
+        with self._timed("loglikelihood", len(requests)):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
@@ -264,7 +267,7 @@ class RBLNLM(TemplateLM):
         return results  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
-        with self._timed(len(requests)):
+        with self._timed("loglikelihood_rolling", len(requests)):
             return self._loglikelihood_rolling(requests, disable_tqdm)
 
     def _loglikelihood_rolling(self, requests: list, disable_tqdm: bool) -> list[float]:
@@ -300,7 +303,7 @@ class RBLNLM(TemplateLM):
         return 0
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        with self._timed(len(requests)):
+        with self._timed("generate_until", len(requests)):
             return self._generate_until(requests, disable_tqdm)
 
     def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
@@ -372,6 +375,7 @@ class RBLNLM(TemplateLM):
                 "compiled_now": self.compiled_now,
                 "load_seconds": round(self.load_seconds, 3),
                 "eval_seconds": round(self.eval_seconds, 3),
+                "eval_seconds_by_request_type": {k: round(v, 3) for k, v in self.seconds_by_type.items()},
                 "requests": self.requests_served,
                 "requests_per_second": round(self.requests_served / self.eval_seconds, 3) if self.eval_seconds else None,
                 "batch_size": self.device_backend.batch_size,

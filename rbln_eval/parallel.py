@@ -59,6 +59,7 @@ class WorkerSpec:
     devices: list[int]
     lm_kwargs: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)  # the parent's environment when the pool started
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,6 +153,9 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker process: load the bundle on ``spec.devices``, then serve calls until told to stop."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+        if spec.env:  # a forked worker has its fork server's environment: take the parent's
+            os.environ.clear()
+            os.environ.update(spec.env)
         import torch
 
         from .loader import load_bundle
@@ -225,6 +229,19 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _worker_context() -> Any:
+    """Workers fork from a server that has imported what they need once (``spawn`` where there is no fork).
+
+    The server is started by the first pool, with the parent's environment at that moment, and serves every
+    later pool of the process; each worker then takes the parent's current environment (:class:`WorkerSpec`).
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["rbln_eval._worker_preload"])
+    return context
+
+
 class WorkerPool:
     """K worker processes, one per device group, started together; :meth:`stream` shares a call's requests among them."""
 
@@ -235,11 +252,11 @@ class WorkerPool:
         self.groups = [list(group) for group in groups]
         self.workers: list[_Worker] = []
         self.broken: str | None = None
-        context = mp.get_context("spawn")
+        context = _worker_context()
         threads = max(1, (os.cpu_count() or 1) // len(self.groups))
         try:
             for index, group in enumerate(self.groups):
-                spec = WorkerSpec(index, str(bundle.path), group, dict(lm_kwargs or {}), threads)
+                spec = WorkerSpec(index, str(bundle.path), group, dict(lm_kwargs or {}), threads, dict(os.environ))
                 parent_conn, child_conn = context.Pipe()
                 process = context.Process(
                     target=worker_main, args=(child_conn, spec), name=f"rbln-eval-worker-{index}", daemon=True
@@ -439,6 +456,7 @@ class DataParallelRBLNLM(RBLNLM):
         self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token, "add_bos_token")
         self._truncation_warned = False
         self.eval_seconds = 0.0
+        self.seconds_by_type = {}
         self.requests_served = 0
         self._sim_baseline = None  # the replicas' devices live in the workers
         lm_kwargs = {"max_gen_toks": self._max_gen_toks, "add_bos_token": self.add_bos_token}

@@ -9,7 +9,8 @@ than K=1.
 
 The tasks are the demo's four: loglikelihood (cloze), multiple choice, rolling perplexity and generation,
 every document of each unless ``--limit`` says otherwise. "Busiest worker" is the largest share of the
-device calls any one worker made (1/K is a perfect balance).
+device calls any one worker made (1/K is a perfect balance). A second table splits the scoring time by
+request type (lm_eval hands the model one call per type, so each ends when its slowest worker does).
 
 Usage::
 
@@ -107,21 +108,30 @@ def main() -> int:
             baseline = (*baseline, scoring)
         workers = results["config"]["rbln"].get("workers") or [{"device_counters": counters}]
         busiest = max(sum(c["calls"] for c in w["device_counters"].values()) for w in workers) / calls
-        rows.append((k, startup, seconds, scoring, calls, busiest, baseline[2] / seconds, baseline[3] / scoring))
+        by_type = results["config"]["rbln"]["eval_seconds_by_request_type"]
+        rows.append((k, startup, seconds, scoring, calls, busiest, baseline[2] / seconds, baseline[3] / scoring, by_type))
         print(f"K={k}: {seconds:.1f}s", file=sys.stderr)
 
     requests = results["config"]["rbln"]["requests"]
     documents = "every document" if args.limit is None else f"limit {args.limit}"
     print(f"{', '.join(TASKS)}; {documents}; {requests} requests; "
           f"{args.latency_ms:g} ms per call; batch {args.batch_size}; scores identical for every K")
-    print("start-up: loading the replicas; wall: simple_evaluate; scoring: time in the model's request calls")
+    print("start-up: loading the replicas (the first pool, K=2, also starts the workers' fork server, which K=4 reuses); "
+          "wall: simple_evaluate; scoring: time in the model's request calls")
     header = (f"{'K':>3} | {'start-up s':>10} | {'wall s':>7} | {'scoring s':>9} | {'device calls':>12} | "
               f"{'busiest worker':>14} | {'wall speedup':>12} | {'scoring speedup':>15}")
     print(header)
     print("-" * len(header))
-    for k, startup, seconds, scoring, calls, busiest, speedup, scoring_speedup in rows:
+    for k, startup, seconds, scoring, calls, busiest, speedup, scoring_speedup, _ in rows:
         print(f"{k:>3} | {startup:>10.1f} | {seconds:>7.1f} | {scoring:>9.1f} | {calls:>12} | {busiest:>14.1%} | "
               f"{speedup:>11.2f}x | {scoring_speedup:>14.2f}x")
+    types = list(rows[0][-1])
+    print()
+    print("scoring seconds by request type (speedup over K=1)")
+    print(" K | " + " | ".join(f"{t:>24}" for t in types))
+    for k, *_, by_type in rows:
+        cells = [f"{by_type[t]:>6.1f} s ({rows[0][-1][t] / by_type[t]:>4.2f}x)" for t in types]
+        print(f"{k:>2} | " + " | ".join(f"{c:>24}" for c in cells))
     return 0
 
 

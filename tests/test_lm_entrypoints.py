@@ -58,6 +58,9 @@ def test_warm_run_compiles_nothing(runs: dict) -> None:
     assert config["key"]["compile"]["batch_size"] == 2 and config["key"]["target"] == "SIM-RBLN-CA25"
     assert config["toolchain"]["rebel-compiler"] == config["key"]["toolchain"]["rebel-compiler"]
     assert config["load_seconds"] > 0 and config["eval_seconds"] > 0 and config["requests_per_second"] > 0
+    by_type = config["eval_seconds_by_request_type"]
+    assert set(by_type) == {"loglikelihood"}  # cloze and multiple choice
+    assert abs(sum(by_type.values()) - config["eval_seconds"]) <= 0.002
     assert set(config["device_counters"]) == {"prefill", "decode"} or set(config["device_counters"]) == {"prefill"}
     assert "Tasks" in warm.stdout and "demo_cloze" in warm.stdout
 
