@@ -326,15 +326,19 @@ class RBLNLM(TemplateLM):
         progress.close()
         return outputs  # type: ignore[return-value]
 
-    def _generation_program(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[Program, Callable[[list[int]], str]]:
-        """The greedy program for one ``generate_until`` request, and what turns its tokens into the answer."""
-        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+    def _greedy_settings(self, gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
+        """The stop sequences and new-token budget of a ``generate_until`` request; sampling is refused."""
         kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-        max_gen = int(kwargs.pop("max_gen_toks"))
         if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
             raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
+        return until, int(kwargs.pop("max_gen_toks"))
+
+    def _generation_program(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[Program, Callable[[list[int]], str]]:
+        """The greedy program for one ``generate_until`` request, and what turns its tokens into the answer."""
+        eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+        until, max_gen = self._greedy_settings(gen_kwargs)
         tokens = self._generation_context(context, max_gen)
         stop = _stop_checker(self.tokenizer, until)
         if self.backend == "seq2seq":

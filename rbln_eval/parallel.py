@@ -533,10 +533,11 @@ class DataParallelRBLNLM(RBLNLM):
 
     def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
         payloads = [(context, dict(gen_kwargs)) for context, gen_kwargs in [request.args for request in requests]]
+        # Refuse bad settings before any device work; the budget orders the longest requests first.
+        budgets = [self._greedy_settings(kwargs)[1] for _, kwargs in payloads]
         costs = [
-            self.device_backend.prefill_cost(len(self.tok_encode(context)))
-            + int(kwargs.get("max_gen_toks") or self.max_gen_toks)
-            for context, kwargs in payloads
+            self.device_backend.prefill_cost(len(self.tok_encode(context))) + budget
+            for (context, _), budget in zip(payloads, budgets)
         ]
         outputs = self._score("generate_until", payloads, costs, [1] * len(payloads), disable_tqdm)
         for request, text in zip(requests, outputs):

@@ -24,6 +24,7 @@ except sim.SimulatorConflictError:  # a real rebel SDK is installed: these tests
 from demomodels import model_dirs  # noqa: E402
 from lmhelpers import TASKS_DIR, sample_values  # noqa: E402
 from rbln_eval.compiler import CompileOptions  # noqa: E402
+from rbln_eval.errors import ConfigError  # noqa: E402
 from rbln_eval.lm import RBLNLM  # noqa: E402
 from rbln_eval.loader import load_bundle  # noqa: E402
 from rbln_eval.parallel import DataParallelRBLNLM, WorkerDiedError  # noqa: E402
@@ -106,6 +107,21 @@ def test_a_stalled_worker_is_left_with_little_work(bundle: Bundle, single_thread
     assert scores == expected
     assert sum(served) == 60
     assert served[1] < 20, served  # an even split would have left it 30 to do after it resumed
+
+
+class _Request:
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+
+
+def test_sampling_is_refused_before_any_device_work(bundle: Bundle) -> None:
+    requests = [_Request(("The cat", {"until": ["."], "max_gen_toks": 8})) for _ in range(6)]
+    requests.append(_Request(("The dog", {"do_sample": True, "temperature": 0.7})))
+    with DataParallelRBLNLM(bundle, [[0], [1]]) as lm:
+        with pytest.raises(ConfigError, match=r"^the rbln model generates greedily; set do_sample=false"):
+            lm._generate_until(requests, True)
+        assert [worker.requests for worker in lm.pool.workers] == [0, 0]
+        assert lm._generate_until(requests[:6], True) == [lm._generate_until(requests[:1], True)[0]] * 6
 
 
 def test_a_dead_worker_fails_the_call_and_names_its_devices(bundle: Bundle) -> None:
