@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 
+from ._env import env_number
+
 __all__ = [
     "DEFAULT_DEVICES",
     "DEFAULT_NPU",
@@ -38,16 +40,7 @@ class DeviceError(RuntimeError):
 
 def device_count() -> int:
     """Number of NPUs in the simulated node."""
-    raw = os.environ.get(ENV_DEVICES, "").strip()
-    if not raw:
-        return DEFAULT_DEVICES
-    try:
-        count = int(raw)
-    except ValueError:
-        raise DeviceError(f"{ENV_DEVICES} must be a non-negative integer, got {raw!r}") from None
-    if count < 0:
-        raise DeviceError(f"{ENV_DEVICES} must be a non-negative integer, got {raw!r}")
-    return count
+    return env_number(ENV_DEVICES, int, DEFAULT_DEVICES, "a non-negative integer", minimum=0, error=DeviceError)
 
 
 def _node_npu() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from . import counting, devices
+from ._env import env_number
 from .compiled import RBLNCompiledModel, _torch_dtype
 
 __all__ = ["ENV_LATENCY_MS", "Runtime"]
@@ -20,27 +20,12 @@ ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
 
 
 def _latency_seconds() -> float:
-    raw = os.environ.get(ENV_LATENCY_MS, "").strip()
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_LATENCY_MS} must be a number of milliseconds, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{ENV_LATENCY_MS} must not be negative, got {raw!r}")
-    return value / 1000.0
+    return env_number(ENV_LATENCY_MS, float, 0.0, "a non-negative number of milliseconds", minimum=0.0) / 1000.0
 
 
 def _perturbation() -> float:
     """Test-only: the ``RBLN_EVAL_SIM_PERTURB`` amplitude (0 when unset)."""
-    raw = os.environ.get(ENV_PERTURB, "").strip()
-    if not raw:
-        return 0.0
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PERTURB} must be a number, got {raw!r}") from None
+    return env_number(ENV_PERTURB, float, 0.0, "a number")
 
 
 def _perturbed(result: Any, amplitude: float) -> Any:
