@@ -158,9 +158,7 @@ class RBLNLM(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
         self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token, "add_bos_token")
         self._truncation_warned = False
-        self.eval_seconds = 0.0
-        self.seconds_by_type: dict[str, float] = {}
-        self.requests_served = 0
+        self._start_accounting()
         self._sim_baseline: dict[str, dict[str, float]] | None = _simulator_counters()
         if batch_size not in (None, "", "auto") and str(batch_size) != str(self.device_backend.batch_size):
             logger.warning(
@@ -201,6 +199,15 @@ class RBLNLM(TemplateLM):
             logger.warning("%s longer than the compiled length %d: truncated from the left", what, self.max_length)
             self._truncation_warned = True
 
+    def _start_accounting(self) -> None:
+        self.seconds_by_type: dict[str, float] = {}
+        self.requests_served = 0
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds spent in the request calls lm_eval made, all types together."""
+        return sum(self.seconds_by_type.values())
+
     @contextlib.contextmanager
     def _timed(self, request_type: str, requests: int) -> Iterator[None]:
         started = time.monotonic()
@@ -208,7 +215,6 @@ class RBLNLM(TemplateLM):
             yield
         finally:
             seconds = time.monotonic() - started
-            self.eval_seconds += seconds
             self.seconds_by_type[request_type] = self.seconds_by_type.get(request_type, 0.0) + seconds
             self.requests_served += requests
 
@@ -370,6 +376,7 @@ class RBLNLM(TemplateLM):
     def get_model_info(self) -> dict[str, Any]:
         """Provenance recorded in lm_eval's results config: the bundle, toolchain, timings, device counters."""
         key = self.bundle.key
+        eval_seconds = self.eval_seconds
         return {
             "rbln": {
                 "bundle_digest": self.bundle.digest,
@@ -378,10 +385,10 @@ class RBLNLM(TemplateLM):
                 "toolchain": toolchain_versions(),
                 "compiled_now": self.compiled_now,
                 "load_seconds": round(self.load_seconds, 3),
-                "eval_seconds": round(self.eval_seconds, 3),
+                "eval_seconds": round(eval_seconds, 3),
                 "eval_seconds_by_request_type": {k: round(v, 3) for k, v in self.seconds_by_type.items()},
                 "requests": self.requests_served,
-                "requests_per_second": round(self.requests_served / self.eval_seconds, 3) if self.eval_seconds else None,
+                "requests_per_second": round(self.requests_served / eval_seconds, 3) if eval_seconds else None,
                 "batch_size": self.device_backend.batch_size,
                 "max_length": self.max_length,
                 "device_counters": self.device_counters,

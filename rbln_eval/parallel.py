@@ -455,9 +455,7 @@ class DataParallelRBLNLM(RBLNLM):
         self._max_gen_toks = int(max_gen_toks)
         self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token, "add_bos_token")
         self._truncation_warned = False
-        self.eval_seconds = 0.0
-        self.seconds_by_type = {}
-        self.requests_served = 0
+        self._start_accounting()
         self._sim_baseline = None  # the replicas' devices live in the workers
         lm_kwargs = {"max_gen_toks": self._max_gen_toks, "add_bos_token": self.add_bos_token}
         started = time.monotonic()
