@@ -1,6 +1,6 @@
 """Device backends for :mod:`rbln_eval.engine` over optimum-rbln's loaded runtimes.
 
-Causal LMs use the model's prefill runtime (one batch row at a time, chunked) and its decode runtime at the
+Each family (:mod:`rbln_eval.families`) names its backend. Causal LMs use the model's prefill runtime (one batch row at a time, chunked) and its decode runtime at the
 compiled batch size; seq2seq LMs use the encoder (one row at a time) and the decoder. Each backend counts
 its device calls and the tokens it sends, padding included, per graph.
 """
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+from .shapes import ReplicaShape
 
 
 @dataclass
@@ -35,9 +37,6 @@ class DeviceCounters(dict):
 class CausalBackend:
     """Prefill + decode over an ``RBLN…ForCausalLM`` loaded with runtimes."""
 
-    is_seq2seq = False
-    decoder_start_token_id = None
-
     def __init__(self, model: Any) -> None:
         config = model.rbln_config
         self.model = model
@@ -48,6 +47,7 @@ class CausalBackend:
         self.decoder = model.decoders[self.batch_size]
         self.use_attention_mask = bool(config.use_attention_mask)
         self.counters = DeviceCounters()
+        self.shape = ReplicaShape(self.batch_size, self.max_length, prefill_chunk=self.prefill_chunk, full_logits=self.full_logits)
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
         length = len(tokens)
@@ -89,7 +89,6 @@ class CausalBackend:
 class Seq2SeqBackend:
     """Encoder + decoder over an ``RBLN…ForConditionalGeneration`` loaded with runtimes."""
 
-    is_seq2seq = True
     full_logits = False
 
     def __init__(self, model: Any) -> None:
@@ -104,6 +103,7 @@ class Seq2SeqBackend:
         self.decoder_start_token_id = int(start if start is not None else self.pad_token_id)
         self.encoder_masks = torch.ones(self.batch_size, self.enc_max_length, dtype=self.dtype)
         self.counters = DeviceCounters()
+        self.shape = ReplicaShape(self.batch_size, self.max_length, enc_max_length=self.enc_max_length)
 
     def open(self, row: int, tokens: Sequence[int]) -> None:
         length = len(tokens)
@@ -134,12 +134,3 @@ class Seq2SeqBackend:
         )
         self.counters.add("decoder", 1, self.batch_size)
         return output.logits[:, -1, :]
-
-
-def backend_for(model: Any) -> CausalBackend | Seq2SeqBackend:
-    """The backend matching a loaded optimum-rbln model."""
-    if hasattr(model, "prefill_decoder"):
-        return CausalBackend(model)
-    if hasattr(model, "encoder") and hasattr(model, "decoder"):
-        return Seq2SeqBackend(model)
-    raise TypeError(f"{type(model).__name__} is neither a causal nor a seq2seq RBLN language model")

@@ -1,8 +1,9 @@
 """Compiling a model with optimum-rbln into a bundle directory.
 
 The compiler knows optimum-rbln (``from_pretrained(export=True)``, ``model_save_dir``) and nothing about
-the store's layout: it fills the directory it is given. Class auto-detection reads the model's config:
-causal LMs go to ``RBLNAutoModelForCausalLM``, encoder-decoder LMs to ``RBLNAutoModelForSeq2SeqLM``.
+the store's layout: it fills the directory it is given. Class auto-detection reads the model's config and
+asks each family (:mod:`rbln_eval.families`) whether optimum-rbln compiles it: causal LMs go to
+``RBLNAutoModelForCausalLM``, encoder-decoder LMs to ``RBLNAutoModelForSeq2SeqLM``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from .errors import ConfigError, RblnEvalError
+from .families import FAMILIES, family_of
 from .identity import ModelSource
 
 logger = logging.getLogger(__name__)
 
-AUTO_CLASSES = {"causal": "RBLNAutoModelForCausalLM", "seq2seq": "RBLNAutoModelForSeq2SeqLM"}
 LOGITS_MODES = ("all", "last")
 
 
@@ -42,11 +43,11 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         if self.logits not in LOGITS_MODES:
-            raise ConfigError(f"--logits must be one of {', '.join(LOGITS_MODES)}, got {self.logits!r}")
+            raise ConfigError(f"must be one of {', '.join(LOGITS_MODES)}, got {self.logits!r}", option="logits")
         for name in ("batch_size", "max_seq_len", "tp"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise ConfigError(f"must be a positive integer, got {value!r}", option=name)
 
     def rbln_config(self, model_class: str) -> dict[str, Any]:
         """The compile-time rbln_config for ``model_class`` (runtime options excluded)."""
@@ -57,14 +58,11 @@ class CompileOptions:
             config["num_devices"] = self.tp
         if self.dtype is not None:
             config["dtype"] = self.dtype
-        if model_class == "causal":
-            if self.max_seq_len is not None:
-                config["max_seq_len"] = self.max_seq_len
-            config.setdefault("logits_to_keep", 0 if self.logits == "all" else 1)
-        else:
-            if self.max_seq_len is not None:
-                config.setdefault("enc_max_seq_len", self.max_seq_len)
-                config.setdefault("dec_max_seq_len", self.max_seq_len)
+        for name, value in family_of(model_class).compile_options(self.max_seq_len, self.logits).items():
+            if name == "max_seq_len":
+                config[name] = value
+            else:
+                config.setdefault(name, value)
         return config
 
 
@@ -78,13 +76,13 @@ def parse_rbln_config(text: str | None) -> dict[str, Any]:
         try:
             source = path.read_text()
         except OSError as exc:
-            raise ConfigError(f"cannot read --rbln-config file {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot read {{rbln_config}} file {path}: {exc.strerror or exc}") from None
     try:
         value = json.loads(source)
     except ValueError as exc:
-        raise ConfigError(f"--rbln-config is not valid JSON ({exc})") from None
+        raise ConfigError(f"is not valid JSON ({exc})", option="rbln_config") from None
     if not isinstance(value, dict):
-        raise ConfigError("--rbln-config must be a JSON object of optimum-rbln compile options")
+        raise ConfigError("must be a JSON object of optimum-rbln compile options", option="rbln_config")
     return value
 
 
@@ -111,28 +109,24 @@ def _load_config(source: ModelSource, token: str | bool | None, trust_remote_cod
 def supported_model_types(model_class: str) -> list[str]:
     """Model types optimum-rbln compiles for ``model_class`` (needs the ``rebel`` SDK or the simulator)."""
     import optimum.rbln as rbln
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-    )
+    from transformers.models.auto import modeling_auto
 
-    mapping = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if model_class == "causal" else MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    mapping = getattr(modeling_auto, family_of(model_class).transformers_mapping)
     return sorted(t for t, name in mapping.items() if isinstance(name, str) and hasattr(rbln, f"RBLN{name}"))
 
 
 def detect_model_class(config: Any) -> str:
-    """``"causal"`` or ``"seq2seq"`` from a transformers config, or :class:`UnsupportedModelError`."""
+    """The model class (``"causal"``, ``"seq2seq"``) of a transformers config, or :class:`UnsupportedModelError`."""
     model_type = getattr(config, "model_type", None)
     architectures = ", ".join(getattr(config, "architectures", None) or []) or model_type
-    seq2seq = supported_model_types("seq2seq")
-    causal = supported_model_types("causal")
-    if model_type in seq2seq and getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if model_type in causal and not getattr(config, "is_encoder_decoder", False):
-        return "causal"
+    supported = {name: supported_model_types(name) for name in FAMILIES}
+    for name, family in FAMILIES.items():
+        if model_type in supported[name] and bool(getattr(config, "is_encoder_decoder", False)) == family.is_encoder_decoder:
+            return name
+    listed = "; ".join(f"{name} {', '.join(types)}" for name, types in supported.items())
     raise UnsupportedModelError(
         f"architecture {architectures} (model_type {model_type!r}) is not a causal or seq2seq LM that optimum-rbln "
-        f"compiles; supported: causal {', '.join(causal)}; seq2seq {', '.join(seq2seq)}"
+        f"compiles; supported: {listed}"
     )
 
 
@@ -197,7 +191,7 @@ def compile_into(
     """
     import optimum.rbln as rbln
 
-    auto_cls = getattr(rbln, AUTO_CLASSES[model_class])
+    auto_cls = getattr(rbln, family_of(model_class).auto_class)
     load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.kind == "hub":
         load_kwargs.update(revision=source.revision, token=token)

@@ -226,6 +226,27 @@ def parse_device_list(text: str) -> list[int]:
     return devices
 
 
+#: lm_eval's own device spellings: they name no NPU, so they mean the default placement.
+_DEFAULT_PLACEMENT = frozenset({"", "cpu", "npu", "rbln", "auto", "cuda", "mps"})
+
+
+def parse_device(device: object) -> list[int] | None:
+    """One replica's devices: ``npu:3`` / ``3`` / ``0,1,2,3`` / ``0-3`` → a list; ``None`` → default placement.
+
+    lm_eval's device spellings (``cpu``, ``cuda``, ``cuda:0`` — its CLI default) also mean the default.
+    """
+    if device is None or isinstance(device, bool):
+        return None
+    if isinstance(device, int):
+        return parse_device_list(str(device))
+    if isinstance(device, (list, tuple)):
+        return parse_device_list(",".join(str(d) for d in device))
+    text = str(device).strip().lower()
+    if text in _DEFAULT_PLACEMENT or text.startswith("cuda:"):
+        return None
+    return parse_device_list(text)
+
+
 def device_groups(devices: list[int], tp: int) -> list[list[int]]:
     """Split ``devices`` into replicas of ``tp`` consecutive entries each."""
     if tp < 1:
@@ -256,8 +277,8 @@ def free_groups(report: DeviceReport, tp: int, count: int) -> list[list[int]]:
     needed = tp * count
     if len(usable) < needed:
         raise DevicePlacementError(
-            f"{count} replica(s) of tp={tp} need {needed} NPUs, this node has {len(usable)} usable: "
-            "lower --data-parallel or compile with a smaller --tp"
+            f"{count} replica(s) of tp={tp} need {needed} NPUs, this node has {len(usable)} usable",
+            "lower {data_parallel} or compile with a smaller {tp}",
         )
     free = {npu.index for npu in report.npus if npu.available and not npu.busy}
     windows = [usable[i : i + tp] for i in range(len(usable) - tp + 1)]
@@ -275,7 +296,7 @@ def free_groups(report: DeviceReport, tp: int, count: int) -> list[list[int]]:
             taken |= set(window)
     if len(groups) < count:
         raise DevicePlacementError(
-            f"could not place {count} replica(s) on {tp} consecutive NPUs each: pass --devices explicitly"
+            f"could not place {count} replica(s) on {tp} consecutive NPUs each", "pass {devices} explicitly"
         )
     return sorted(groups)
 
@@ -294,26 +315,32 @@ def plan_replicas(
     devices: str | None = None,
     data_parallel: int | None = None,
     report: DeviceReport | None = None,
+    device: object = None,
 ) -> list[list[int]] | None:
     """The device group of each replica of a bundle compiled for ``tp`` devices.
 
-    ``devices`` (``0-7``) are split into groups of ``tp``; ``data_parallel`` K alone takes K groups of
-    consecutive free NPUs; neither gives one replica on the first free NPUs. ``None`` when this machine
-    has no NPU (loading then says what is missing).
+    ``device`` places one replica (``npu:2``, ``0-3``); ``devices`` (``0-7``) are split into groups of
+    ``tp``; ``data_parallel`` K alone takes K groups of consecutive free NPUs; none of them gives one
+    replica on the first free NPUs. ``None`` when this machine has no NPU (loading then says what is missing).
     """
+    one = parse_device(device)
+    if one is not None:
+        if devices or (data_parallel or 1) > 1:
+            raise ConfigError("places one replica", "use {devices} (or {data_parallel}) for several", option="device")
+        return [one]
     if data_parallel is not None and data_parallel < 1:
-        raise ConfigError(f"--data-parallel must be a positive integer, got {data_parallel}")
+        raise ConfigError(f"must be a positive integer, got {data_parallel}", option="data_parallel")
     if devices:
         groups = device_groups(parse_device_list(devices), tp)
         if data_parallel is not None and data_parallel != len(groups):
             raise DevicePlacementError(
-                f"--devices {devices} makes {len(groups)} replica(s) of tp={tp}, but --data-parallel is {data_parallel}: "
-                "drop one of them or make them agree"
+                f"{devices} makes {len(groups)} replica(s) of tp={tp}, but {{data_parallel}} is {data_parallel}",
+                "drop one of them or make them agree", option="devices",
             )
         return groups
     report = report if report is not None else detect()
     if not any(npu.available for npu in report.npus):
         if data_parallel is not None and data_parallel > 1:
-            raise DevicePlacementError(f"--data-parallel {data_parallel} needs NPUs, and this machine has none")
+            raise DevicePlacementError(f"{data_parallel} needs NPUs, and this machine has none", option="data_parallel")
         return None
     return free_groups(report, tp, data_parallel or 1)

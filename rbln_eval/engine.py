@@ -45,9 +45,8 @@ class Backend(Protocol):
     """The device side: one prefill/encode per row, one batched decode step for all rows."""
 
     batch_size: int
+    max_length: int
     full_logits: bool
-    is_seq2seq: bool
-    decoder_start_token_id: int | None
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor | None:
         """Prefill/encode ``row``; causal: logits ``[n, vocab]`` for the last n input positions."""
@@ -189,39 +188,47 @@ class _Score:
         self.greedy = self.greedy and int(logits.argmax()) == target
 
 
-def loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+def causal_loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
     """Score every continuation of one context: ``[(logprob, is_greedy), ...]``.
 
-    Causal: prefill the context (with a full-logit bundle, plus the longest continuation, whose tokens are
-    then all read off the prefill); other tokens are teacher-forced decode steps from the context's end.
-    Seq2seq: encode the context, then decoder steps from the start token.
+    Prefill the context (with a full-logit bundle, plus the longest continuation, whose tokens are then
+    all read off the prefill); other tokens are teacher-forced decode steps from the context's end.
     """
     scores = [_Score() for _ in continuations]
     prefilled: int | None = None
-    if backend.is_seq2seq:
-        opened = yield Open(context)
-        assert opened is None
-        first = yield Step(int(backend.decoder_start_token_id), 0)
-        base = 1
+    if backend.full_logits:
+        prefilled = max(range(len(continuations)), key=lambda i: len(continuations[i]))
+        longest = continuations[prefilled]
+        logits = yield Open(list(context) + list(longest[:-1]))
+        assert logits is not None
+        offset = len(context) - 1
+        for j in range(1, len(longest)):
+            scores[prefilled].add(logits[offset + j], longest[j])
+        first = logits[offset]
     else:
-        if backend.full_logits:
-            prefilled = max(range(len(continuations)), key=lambda i: len(continuations[i]))
-            longest = continuations[prefilled]
-            logits = yield Open(list(context) + list(longest[:-1]))
-            assert logits is not None
-            offset = len(context) - 1
-            for j in range(1, len(longest)):
-                scores[prefilled].add(logits[offset + j], longest[j])
-            first = logits[offset]
-        else:
-            logits = yield Open(context)
-            assert logits is not None
-            first = logits[-1]
-        base = len(context)
+        logits = yield Open(context)
+        assert logits is not None
+        first = logits[-1]
+    return (yield from _teacher_forced(scores, first, continuations, len(context), skip=prefilled))
+
+
+def seq2seq_loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+    """Score every continuation of one context: encode the context, then decoder steps from the start token."""
+    scores = [_Score() for _ in continuations]
+    opened = yield Open(context)
+    assert opened is None
+    first = yield Step(int(backend.decoder_start_token_id), 0)
+    return (yield from _teacher_forced(scores, first, continuations, 1, skip=None))
+
+
+def _teacher_forced(
+    scores: list[_Score], first: torch.Tensor, continuations: Sequence[Sequence[int]], base: int, skip: int | None,
+) -> Program:
+    """Score each continuation's first token off ``first``, the rest by decode steps from position ``base``."""
     for score, continuation in zip(scores, continuations):
         score.add(first, continuation[0])
     for i, continuation in enumerate(continuations):
-        if i == prefilled:
+        if i == skip:
             continue
         for j in range(1, len(continuation)):
             logits = yield Step(continuation[j - 1], base + j - 1)
@@ -229,7 +236,7 @@ def loglikelihood_program(backend: Backend, context: Sequence[int], continuation
     return [(s.logprob, s.greedy) for s in scores]
 
 
-def greedy_program(
+def causal_greedy_program(
     backend: Backend,
     context: Sequence[int],
     max_new_tokens: int,
@@ -237,16 +244,30 @@ def greedy_program(
     stop: Callable[[list[int]], bool],
     eos_token_ids: frozenset[int],
 ) -> Program:
-    """Greedy decoding until an EOS token, ``stop(tokens)``, ``max_new_tokens`` or the compiled length."""
-    if backend.is_seq2seq:
-        yield Open(context)
-        logits = yield Step(int(backend.decoder_start_token_id), 0)
-        position = 1
-    else:
-        prefill = yield Open(context)
-        assert prefill is not None
-        logits = prefill[-1]
-        position = len(context)
+    """Greedy decoding after a prefill, until an EOS token, ``stop(tokens)``, ``max_new_tokens`` or the compiled length."""
+    prefill = yield Open(context)
+    assert prefill is not None
+    return (yield from _greedy(prefill[-1], len(context), max_new_tokens, max_position, stop, eos_token_ids))
+
+
+def seq2seq_greedy_program(
+    backend: Backend,
+    context: Sequence[int],
+    max_new_tokens: int,
+    max_position: int,
+    stop: Callable[[list[int]], bool],
+    eos_token_ids: frozenset[int],
+) -> Program:
+    """Greedy decoding after encoding ``context``, from the decoder start token."""
+    yield Open(context)
+    logits = yield Step(int(backend.decoder_start_token_id), 0)
+    return (yield from _greedy(logits, 1, max_new_tokens, max_position, stop, eos_token_ids))
+
+
+def _greedy(
+    logits: torch.Tensor, position: int, max_new_tokens: int, max_position: int,
+    stop: Callable[[list[int]], bool], eos_token_ids: frozenset[int],
+) -> Program:
     generated: list[int] = []
     while True:
         token = int(logits.argmax())

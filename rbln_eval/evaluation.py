@@ -36,11 +36,11 @@ def parse_seed(text: str | None) -> list[int | None]:
     try:
         values = [None if p.lower() == "none" else int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"--seed {text!r}: give an integer or four comma-separated integers") from None
+        raise ConfigError(f"{text!r}: give an integer or four comma-separated integers", option="seed") from None
     if len(values) == 1:
         return values * 4
     if len(values) != 4:
-        raise ConfigError(f"--seed {text!r}: give one value or four (python, numpy, torch, fewshot)")
+        raise ConfigError(f"{text!r}: give one value or four (python, numpy, torch, fewshot)", option="seed")
     return values
 
 
@@ -49,9 +49,9 @@ def task_manager_for(tasks: list[str], include_path: str | None):
     from lm_eval.tasks import TaskManager
 
     if not tasks:
-        raise ConfigError("no tasks given: pass --tasks NAME[,NAME…]")
+        raise ConfigError("no tasks given", "pass {tasks} NAME[,NAME…]")
     if include_path is not None and not Path(include_path).exists():
-        raise ConfigError(f"--include_path {include_path} does not exist")
+        raise ConfigError(f"{include_path} does not exist", option="include_path")
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if _missing_tasks(local, tasks) == []:
@@ -60,7 +60,7 @@ def task_manager_for(tasks: list[str], include_path: str | None):
     missing = _missing_tasks(manager, tasks)
     if missing:
         raise ConfigError(
-            f"unknown task(s): {', '.join(missing)}; list them with `lm_eval ls tasks` or add --include_path DIR"
+            f"unknown task(s): {', '.join(missing)}", "list them with `lm_eval ls tasks` or add {include_path} DIR"
         )
     return manager
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError, ModelSourceError
 from .hashing import HashCache
+from .target import resolve_target, simulator_active  # noqa: F401 - part of the identity API
 
 SCHEMA_VERSION = 1
 KEY_FIELDS = ("schema", "source", "model_class", "compile", "toolchain", "target")
@@ -247,34 +247,6 @@ def toolchain_versions() -> dict[str, str | None]:
     return versions
 
 
-def simulator_active() -> bool:
-    try:
-        from . import sim
-    except ImportError:
-        return False
-    return bool(sim.is_active())
-
-
-def resolve_target(npu: str | None) -> str:
-    """The target recorded in the key: the NPU name, ``SIM-<name>`` under the simulator."""
-    name = npu or os.environ.get("RBLN_EVAL_NPU")
-    if not name:
-        try:
-            import rebel  # type: ignore[import-not-found]
-
-            name = rebel.get_npu_name()
-        except Exception as exc:  # no SDK, or no device
-            raise ConfigError(
-                "no NPU detected and no target given: pass --npu (e.g. --npu RBLN-CA25) to compile for a target"
-            ) from exc
-    name = name.strip()
-    if simulator_active():
-        return name if name.startswith("SIM-") else f"SIM-{name}"
-    if name.startswith("SIM-"):
-        raise ConfigError(f"target {name} is a simulator target, but the simulator is not active (RBLN_EVAL_SIMULATE=1)")
-    return name
-
-
 # --------------------------------------------------------------------------------------------------
 # The key
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +295,11 @@ class BundleKey:
 
     def fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in KEY_FIELDS}
+
+    @property
+    def tensor_parallel(self) -> int:
+        """NPUs per replica (the folded ``tp`` / ``tensor_parallel_size`` / ``num_devices``)."""
+        return int(self.compile.get(TP_KEY) or 1)
 
     @property
     def digest(self) -> str:

@@ -2,7 +2,13 @@
 
 Three ways in: ``rbln-eval run``; ``lm_eval.simple_evaluate(model=RBLNLM(artifact=...))``; and
 ``lm_eval --model rbln --model_args artifact=...`` (through ``rbln-eval lm-eval`` or the ``lm_eval.models``
-entry point). Tokenization follows lm_eval's ``hf`` model so both score the same token sequences.
+entry point). All of them reach the bundle through :func:`rbln_eval.api.obtain_bundle` and its replicas
+through :func:`rbln_eval.api.open_executor`. Tokenization follows lm_eval's ``hf`` model so both score the
+same token sequences.
+
+:class:`RBLNLM` tokenizes, fits and plans requests once, into work items; its executor runs them (in this
+process, or on a pool of data-parallel workers), and what differs between model families is asked of the
+bundle's :class:`~rbln_eval.families.Family`.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -24,14 +30,11 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from .backends import backend_for
-from .compiler import CompileOptions
-from .engine import Program, greedy_program, loglikelihood_program, plan_loglikelihood, run_programs
-from .errors import ConfigError, RblnEvalError
+from .engine import plan_loglikelihood
+from .errors import ConfigError
+from .executors import Executor, GenerateWork, ScoreWork
+from .families import family_of
 from .identity import toolchain_versions
-from .loader import LoadedBundle, load_bundle
-from .store import Bundle, Store
-from .workflow import compile_bundle, find_or_pull, plan_compile
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ DEFAULT_MAX_GEN_TOKS = 256
 _BOOL_TRUE = ("1", "true", "yes", "on")
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def as_bool(value: Any, name: str) -> bool:
+    """A model_args boolean (``true``/``false``, ``1``/``0``, …)."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -50,8 +54,9 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ConfigError(f"model_args {name}={value!r} is not a boolean (use true or false)")
 
 
-def _as_int(value: Any, name: str) -> int | None:
-    if value is None:
+def as_int(value: Any, name: str) -> int | None:
+    """A model_args integer, or None."""
+    if value is None or value == "":
         return None
     try:
         return int(value)
@@ -59,54 +64,19 @@ def _as_int(value: Any, name: str) -> int | None:
         raise ConfigError(f"model_args {name}={value!r} is not an integer") from None
 
 
-def resolve_bundle(
-    store: Store,
-    artifact: str | None = None,
-    pretrained: str | None = None,
-    revision: str | None = None,
-    options: CompileOptions | None = None,
-    export: bool = False,
-    npu: str | None = None,
-    trust_remote_code: bool = False,
-    remote: bool | str = True,
-) -> tuple[Bundle, bool]:
-    """The bundle to evaluate, and whether it was compiled now.
-
-    ``artifact`` names a stored bundle; ``pretrained`` (+ compile options) is keyed and looked up in the
-    store, then on the store's remotes (``remote``: all of them, ``False`` for none, or one remote's name),
-    and with ``export`` compiled through the store on a miss — never outside it.
-    """
-    if artifact and pretrained:
-        raise ConfigError("pass either artifact= or pretrained=, not both")
-    if artifact:
-        return store.resolve(artifact), False
-    if not pretrained:
-        raise ConfigError("model_args need artifact=REF (a stored bundle) or pretrained=MODEL")
-    request = plan_compile(pretrained, options or CompileOptions(), revision=revision, npu=npu, trust_remote_code=trust_remote_code)
-    from .remotes import configured_remotes
-
-    remotes = [] if remote is False else configured_remotes(store, only=remote if isinstance(remote, str) else None)
-    found = find_or_pull(request, store, remotes, notify=logger.info)
-    if found is not None:
-        return found[0], False
-    if not export:
-        raise RblnEvalError(
-            f"no bundle for {pretrained} with this config (key {request.key.digest[:12]}): "
-            "compile it with `rbln-eval compile` or pass export=True"
-        )
-    result = compile_bundle(request, store, trust_remote_code=trust_remote_code)
-    return result.bundle, result.built
-
-
 @register_model("rbln")
 class RBLNLM(TemplateLM):
     """Score a compiled bundle: prefill once per context, teacher-forced decode for continuations."""
 
-    MODEL_ARGS = (
+    #: model_args that select the bundle and its replicas (used only when no executor is given).
+    BUNDLE_ARGS = (
         "artifact", "pretrained", "revision", "trust_remote_code", "rbln_batch_size", "rbln_max_seq_len",
-        "rbln_tensor_parallel_size", "export", "store", "device", "npu", "logits", "max_gen_toks",
-        "add_bos_token", "batch_size", "max_batch_size",
+        "rbln_tensor_parallel_size", "export", "store", "remote", "npu", "logits", "device", "devices",
+        "data_parallel",
     )
+    #: model_args of the scoring itself.
+    SCORING_ARGS = ("max_gen_toks", "add_bos_token", "batch_size", "max_batch_size")
+    MODEL_ARGS = BUNDLE_ARGS + SCORING_ARGS
 
     def __init__(
         self,
@@ -119,52 +89,97 @@ class RBLNLM(TemplateLM):
         rbln_tensor_parallel_size: int | str | None = None,
         export: bool | str = False,
         store: str | None = None,
-        device: Any = None,
+        remote: bool | str = True,
         npu: str | None = None,
         logits: str = "all",
+        device: Any = None,
+        devices: str | None = None,
+        data_parallel: int | str | None = None,
         max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
         add_bos_token: bool | str | None = None,
         batch_size: Any = None,
         max_batch_size: Any = None,
-        loaded: LoadedBundle | None = None,
+        executor: Executor | None = None,
+        compiled_now: bool = False,
         **unknown: Any,
     ) -> None:
         super().__init__()
-        if unknown:
-            raise ConfigError(
-                f"unknown model_args for rbln: {', '.join(sorted(unknown))}; accepted: {', '.join(self.MODEL_ARGS)}"
+        self.check_args(unknown)
+        gen_toks = as_int(max_gen_toks, "max_gen_toks")
+        self._max_gen_toks = DEFAULT_MAX_GEN_TOKS if gen_toks is None else gen_toks
+        self.add_bos_token = None if add_bos_token is None else as_bool(add_bos_token, "add_bos_token")
+        if executor is None:
+            executor, compiled_now = self._open(
+                artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
+                rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel,
             )
-        if loaded is None:
-            options = CompileOptions(
-                batch_size=_as_int(rbln_batch_size, "rbln_batch_size"),
-                max_seq_len=_as_int(rbln_max_seq_len, "rbln_max_seq_len"),
-                tp=_as_int(rbln_tensor_parallel_size, "rbln_tensor_parallel_size"),
-                logits=logits,
-            )
-            bundle, self.compiled_now = resolve_bundle(
-                Store(store), artifact, pretrained, revision, options, _as_bool(export, "export"), npu,
-                _as_bool(trust_remote_code, "trust_remote_code"),
-            )
-            loaded = load_bundle(bundle, device=_parse_device(device))
-        else:
-            self.compiled_now = False
-        self.loaded = loaded
-        self.load_seconds = loaded.load_seconds
-        self.bundle = loaded.bundle
-        self.tokenizer = loaded.tokenizer
-        self.backend = "seq2seq" if loaded.model_class == "seq2seq" else "causal"
-        self.device_backend = backend_for(loaded.model)
-        self.max_length = self.device_backend.max_length
-        self._max_gen_toks = int(max_gen_toks)
-        self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token, "add_bos_token")
+        self.executor = executor
+        self.compiled_now = compiled_now
+        self.bundle = executor.bundle
+        self.family = family_of(self.bundle.key.model_class)
+        self.backend = self.family.name
+        self.tokenizer = executor.tokenizer
+        self.shape = executor.shape
+        self.max_length = self.shape.max_length
+        self.load_seconds = executor.load_seconds
         self._truncation_warned = False
-        self._start_accounting()
-        self._sim_baseline: dict[str, dict[str, float]] | None = _simulator_counters()
-        if batch_size not in (None, "", "auto") and str(batch_size) != str(self.device_backend.batch_size):
+        self.seconds_by_type: dict[str, float] = {}
+        self.requests_served = 0
+        if batch_size not in (None, "", "auto") and str(batch_size) != str(self.shape.batch_size):
             logger.warning(
                 "batch_size %s ignored: bundle %s runs at its compiled batch size %d",
-                batch_size, self.bundle.digest[:12], self.device_backend.batch_size,
+                batch_size, self.bundle.digest[:12], self.shape.batch_size,
             )
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        """Refuse model_args this model does not know."""
+        unknown = sorted(set(args) - set(cls.MODEL_ARGS))
+        if unknown:
+            raise ConfigError(f"unknown model_args for rbln: {', '.join(unknown)}; accepted: {', '.join(cls.MODEL_ARGS)}")
+
+    @staticmethod
+    def _open(
+        artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
+        rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel,
+    ) -> tuple[Executor, bool]:
+        """The bundle named by model_args (compiled through the store with ``export``) and its replicas."""
+        from .api import obtain_bundle, open_executor
+        from .compiler import CompileOptions
+        from .store import Store
+
+        if artifact and pretrained:
+            raise ConfigError("pass either artifact= or pretrained=, not both")
+        if not artifact and not pretrained:
+            raise ConfigError("model_args need artifact=REF (a stored bundle) or pretrained=MODEL")
+        options = CompileOptions(
+            batch_size=as_int(rbln_batch_size, "rbln_batch_size"),
+            max_seq_len=as_int(rbln_max_seq_len, "rbln_max_seq_len"),
+            tp=as_int(rbln_tensor_parallel_size, "rbln_tensor_parallel_size"),
+            logits=logits,
+        )
+        remotes = remote if isinstance(remote, str) and remote.lower() not in ("true", "false", "1", "0") else as_bool(remote, "remote")
+        obtained = obtain_bundle(
+            Store(store), artifact=artifact, model=pretrained, options=options, revision=revision, npu=npu,
+            remotes=remotes, export=as_bool(export, "export"), trust_remote_code=as_bool(trust_remote_code, "trust_remote_code"),
+            notify=logger.info,
+        )
+        executor = open_executor(obtained.bundle, device, devices, as_int(data_parallel, "data_parallel"))
+        return executor, obtained.compiled_now
+
+    def close(self) -> None:
+        """Release the replicas (stops data-parallel workers)."""
+        self.executor.close()
+
+    def __enter__(self) -> "RBLNLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def data_parallel(self) -> int:
+        return len(self.executor.groups or [None])
 
     # ---- tokenization (as lm_eval's hf model) ----------------------------------------------------
     @property
@@ -181,10 +196,6 @@ class RBLNLM(TemplateLM):
     def max_gen_toks(self) -> int:
         return self._max_gen_toks
 
-    @property
-    def device_counters(self) -> dict[str, dict[str, int]]:
-        return self.device_backend.counters.as_dict()
-
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
         if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
@@ -194,14 +205,10 @@ class RBLNLM(TemplateLM):
     def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
-    def _warn_truncation(self, what: str) -> None:
-        if not self._truncation_warned:
+    def _warn_truncation(self, what: str | None) -> None:
+        if what and not self._truncation_warned:
             logger.warning("%s longer than the compiled length %d: truncated from the left", what, self.max_length)
             self._truncation_warned = True
-
-    def _start_accounting(self) -> None:
-        self.seconds_by_type: dict[str, float] = {}
-        self.requests_served = 0
 
     @property
     def eval_seconds(self) -> float:
@@ -218,59 +225,46 @@ class RBLNLM(TemplateLM):
             self.seconds_by_type[request_type] = self.seconds_by_type.get(request_type, 0.0) + seconds
             self.requests_served += requests
 
+    def _run(self, what: str, items: list, costs: list[int], sizes: list[int], disable_tqdm: bool) -> list[Any]:
+        """Run work items on the executor, with a progress bar over the requests they hold."""
+        if not items:
+            return []
+        suffix = f" ×{self.data_parallel}" if self.data_parallel > 1 else ""
+        progress = tqdm(total=sum(sizes), disable=disable_tqdm, desc=f"rbln {what}{suffix}")
+        try:
+            return self.executor.run(items, costs, sizes, progress.update)
+        finally:
+            progress.close()
+
     # ---- loglikelihood ------------------------------------------------------------------------------
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         with self._timed("loglikelihood", len(requests)):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
-    def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
-        """Left-truncate like lm_eval's hf model: the model sees at most ``max_length`` input tokens."""
-        if self.backend == "seq2seq":
-            if len(context) > self.device_backend.enc_max_length:
-                self._warn_truncation("a context")
-                context = context[-self.device_backend.enc_max_length :]
-            if len(continuation) > self.max_length:
-                self._warn_truncation("a continuation")
-                continuation = continuation[-self.max_length :]
-            return context, continuation
-        whole = context + continuation
-        if len(whole) > self.max_length + 1:
-            self._warn_truncation("a request")
-            whole = whole[-(self.max_length + 1) :]
-        if len(continuation) >= len(whole):
-            continuation = whole[1:]
-        return whole[: len(whole) - len(continuation)], continuation
-
     def _fit_all(self, requests: list) -> list[tuple[list[int], list[int]]]:
+        """Left-truncate like lm_eval's hf model: the model sees at most the compiled lengths."""
         fitted = []
         for _, context, continuation in requests:
             if not continuation:
                 raise ValueError("a loglikelihood request has an empty continuation")
-            fitted.append(self._fit(list(context), list(continuation)))
+            fit = self.family.fit(self.shape, list(context), list(continuation))
+            self._warn_truncation(fit.truncated)
+            fitted.append((fit.context, fit.continuation))
         return fitted
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         fitted = self._fit_all(requests)
-        jobs = plan_loglikelihood(fitted, full_logits=self.device_backend.full_logits)
-        programs = (
-            loglikelihood_program(self.device_backend, list(job.context), [fitted[i][1] for i in job.members])
-            for job in jobs
-        )
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="rbln loglikelihood")
-
-        def collect(job_index: int, scores: object) -> None:
-            members = jobs[job_index].members
-            for member, score in zip(members, scores):  # type: ignore[arg-type]
-                results[member] = score
-                request_str = requests[member][0]
-                if request_str is not None:
-                    self.cache_hook.add_partial("loglikelihood", request_str, score)
-            progress.update(len(members))
-
-        run_programs(self.device_backend, programs, on_result=collect, pad_token=self._pad_token_id())
-        progress.close()
-        return results  # type: ignore[return-value]
+        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits)
+        items = [ScoreWork(tuple(job.context), tuple(tuple(fitted[i][1]) for i in job.members)) for job in jobs]
+        costs = [self.family.job_cost(self.shape, len(job.context), [len(fitted[i][1]) for i in job.members]) for job in jobs]
+        scored = self._run("loglikelihood", items, costs, [len(job.members) for job in jobs], disable_tqdm)
+        results: list[Any] = [None] * len(requests)
+        for job, scores in zip(jobs, scored):
+            for index, score in zip(job.members, scores):
+                results[index] = tuple(score)
+                if requests[index][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], results[index])
+        return results
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
         with self._timed("loglikelihood_rolling", len(requests)):
@@ -302,35 +296,22 @@ class RBLNLM(TemplateLM):
         return totals
 
     # ---- generation ---------------------------------------------------------------------------------
-    def _pad_token_id(self) -> int:
-        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
-            if candidate is not None:
-                return int(candidate)
-        return 0
-
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         with self._timed("generate_until", len(requests)):
             return self._generate_until(requests, disable_tqdm)
 
     def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
-        programs = []
-        finishers = []
-        for context, gen_kwargs in [request.args for request in requests]:
-            program, finish = self._generation_program(context, gen_kwargs)
-            programs.append(program)
-            finishers.append(finish)
-        outputs: list[str | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="rbln generate_until")
-
-        def collect(index: int, generated: object) -> None:
-            text = finishers[index](generated)  # type: ignore[arg-type]
-            outputs[index] = text
-            self.cache_hook.add_partial("generate_until", requests[index].args, text)
-            progress.update(1)
-
-        run_programs(self.device_backend, programs, on_result=collect, pad_token=self._pad_token_id())
-        progress.close()
-        return outputs  # type: ignore[return-value]
+        # Every request is checked and planned before any device work.
+        planned = [self._generation_work(context, gen_kwargs) for context, gen_kwargs in [r.args for r in requests]]
+        items = [work for work, _ in planned]
+        costs = [self.family.generation_cost(self.shape, len(work.tokens), budget) for work, budget in planned]
+        generated = self._run("generate_until", items, costs, [1] * len(items), disable_tqdm)
+        outputs = []
+        for request, work, tokens in zip(requests, items, generated):
+            text = postprocess_generated_text(self.tok_decode(tokens), list(work.until), None)
+            outputs.append(text)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return outputs
 
     def _greedy_settings(self, gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
         """The stop sequences and new-token budget of a ``generate_until`` request; sampling is refused."""
@@ -341,37 +322,22 @@ class RBLNLM(TemplateLM):
             raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
         return until, int(kwargs.pop("max_gen_toks"))
 
-    def _generation_program(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[Program, Callable[[list[int]], str]]:
-        """The greedy program for one ``generate_until`` request, and what turns its tokens into the answer."""
-        eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+    def _generation_work(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[GenerateWork, int]:
+        """The work item of one ``generate_until`` request, and its ``max_gen_toks``."""
         until, max_gen = self._greedy_settings(gen_kwargs)
-        tokens = self._generation_context(context, max_gen)
-        stop = _stop_checker(self.tokenizer, until)
-        if self.backend == "seq2seq":
-            # lm_eval's hf model passes max_length = context length + max_gen_toks to an encoder-decoder's
-            # generate(), which counts decoder tokens: follow it (per request) so both score the same text.
-            max_gen = len(tokens) + max_gen - 1
-        program = greedy_program(self.device_backend, tokens, max_gen, self.max_length, stop, eos_ids)
-        return program, lambda generated: postprocess_generated_text(self.tok_decode(generated), until, None)
-
-    def _generation_context(self, context: str, max_gen: int) -> list[int]:
-        if self.backend == "seq2seq":
-            tokens = self.tokenizer(context)["input_ids"]
-            limit = self.device_backend.enc_max_length
-        else:
-            special: dict[str, bool] = {}
-            if has_bos_prefix(context, getattr(self.tokenizer, "bos_token", None)):
-                special = {"add_special_tokens": False}
-            elif self.add_bos_token is not None:
-                special = {"add_special_tokens": self.add_bos_token}
-            tokens = self.tokenizer(context, **special)["input_ids"]
-            limit = self.max_length - max_gen
-            if limit <= 0:
-                raise ConfigError(f"max_gen_toks {max_gen} leaves no room for a context in the compiled length {self.max_length}")
+        tokens = self.family.generation_tokens(self.tokenizer, context, self.add_bos_token)
+        limit = self.family.generation_limit(self.shape, max_gen)
+        if limit <= 0:
+            raise ConfigError(f"max_gen_toks {max_gen} leaves no room for a context in the compiled length {self.max_length}")
         if len(tokens) > limit:
             self._warn_truncation("a generation context")
             tokens = tokens[-limit:]
-        return list(tokens)
+        steps = self.family.generation_steps(len(tokens), max_gen)
+        return GenerateWork(tuple(tokens), steps, tuple(until)), max_gen
+
+    @property
+    def device_counters(self) -> dict[str, dict[str, int]]:
+        return self.executor.counters()
 
     def get_model_info(self) -> dict[str, Any]:
         """Provenance recorded in lm_eval's results config: the bundle, toolchain, timings, device counters."""
@@ -389,61 +355,9 @@ class RBLNLM(TemplateLM):
                 "eval_seconds_by_request_type": {k: round(v, 3) for k, v in self.seconds_by_type.items()},
                 "requests": self.requests_served,
                 "requests_per_second": round(self.requests_served / eval_seconds, 3) if eval_seconds else None,
-                "batch_size": self.device_backend.batch_size,
+                "batch_size": self.shape.batch_size,
                 "max_length": self.max_length,
                 "device_counters": self.device_counters,
-                **({"simulator_counters": _counter_delta(_simulator_counters(), self._sim_baseline)} if self._sim_baseline is not None else {}),
+                **self.executor.describe(),
             }
         }
-
-
-def _simulator_counters() -> dict[str, dict[str, float]] | None:
-    """The simulator's own per-graph counters, when the NPU is simulated (a cross-check of ours)."""
-    from . import sim
-
-    return sim.counters() if sim.is_active() else None
-
-
-def _counter_delta(now: dict[str, dict[str, float]] | None, before: dict[str, dict[str, float]]) -> dict[str, dict[str, int]]:
-    delta: dict[str, dict[str, int]] = {}
-    for graph, values in (now or {}).items():
-        old = before.get(graph, {})
-        calls = int(values.get("calls", 0) - old.get("calls", 0))
-        if calls:
-            delta[graph] = {"calls": calls, "tokens": int(values.get("input_tokens", 0) - old.get("input_tokens", 0))}
-    return delta
-
-
-def _stop_checker(tokenizer: Any, until: list[str]):
-    """True once the decoded generation contains a stop sequence."""
-
-    def stop(tokens: list[int]) -> bool:
-        if not until:
-            return False
-        text = tokenizer.decode(tokens[-64:], skip_special_tokens=False)
-        return any(term in text for term in until)
-
-    return stop
-
-
-def _parse_device(device: Any) -> int | list[int] | None:
-    """``npu:3`` / ``3`` / ``0,1,2,3`` / ``0-3`` → device index or list; None → default placement.
-
-    lm_eval's own device spellings (``cpu``, ``cuda``, ``cuda:0`` — its CLI default) name no NPU and also
-    mean the default placement.
-    """
-    if device is None:
-        return None
-    text = str(device).strip().lower()
-    if text in ("", "cpu", "npu", "auto", "cuda", "mps") or text.startswith("cuda:"):
-        return None
-    text = text.removeprefix("npu:").removeprefix("rbln:")
-    try:
-        if "-" in text:
-            first, last = (int(part) for part in text.split("-", 1))
-            return list(range(first, last + 1))
-        if "," in text:
-            return [int(part) for part in text.split(",")]
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"device {device!r} is not an NPU index (npu:N, N, N-M or N,M,…)") from None

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
-from .compiler import AUTO_CLASSES
 from .errors import RblnEvalError
-from .identity import simulator_active, toolchain_versions
+from .families import family_of
+from .identity import toolchain_versions
 from .store import Bundle
+from .target import installed_npu, is_simulated, npu_of, simulator_active
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +34,10 @@ class LoadedBundle:
     load_seconds: float
 
 
-def current_npu_name() -> str | None:
-    try:
-        import rebel  # type: ignore[import-not-found]
-
-        return str(rebel.get_npu_name())
-    except Exception:
-        return None
-
-
 def check_compatible(bundle: Bundle) -> None:
     """Raise :class:`IncompatibleBundleError` if this machine cannot run ``bundle`` as compiled."""
     key = bundle.key
-    simulated = key.target.startswith("SIM-")
+    simulated = is_simulated(key.target)
     if simulated and not simulator_active():
         raise IncompatibleBundleError(
             f"bundle {bundle.digest[:12]} was compiled for the simulator ({key.target}); "
@@ -55,8 +47,8 @@ def check_compatible(bundle: Bundle) -> None:
         raise IncompatibleBundleError(
             f"bundle {bundle.digest[:12]} targets a real {key.target}; unset RBLN_EVAL_SIMULATE to run it on the NPU"
         )
-    npu = current_npu_name()
-    wanted = key.target.removeprefix("SIM-")
+    npu = installed_npu()
+    wanted = npu_of(key.target)
     if npu is None:
         raise IncompatibleBundleError(f"bundle {bundle.digest[:12]} needs a {wanted} NPU, and none was found")
     if npu != wanted:
@@ -84,18 +76,25 @@ def check_compatible(bundle: Bundle) -> None:
         )
 
 
-def load_bundle(bundle: Bundle, device: int | list[int] | None = None) -> LoadedBundle:
-    """Load ``bundle`` with runtimes on ``device`` (default: the compiled device placement)."""
-    check_compatible(bundle)
-    import optimum.rbln as rbln
+def load_tokenizer(bundle: Bundle) -> Any:
+    """The tokenizer saved in the bundle."""
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(str(bundle.path))
+
+
+def load_bundle(bundle: Bundle, device: int | Sequence[int] | None = None) -> LoadedBundle:
+    """Load ``bundle`` with runtimes on ``device`` (NPU indices; default: the compiled device placement)."""
+    check_compatible(bundle)
+    import optimum.rbln as rbln
+
     model_class = bundle.key.model_class
-    auto_cls = getattr(rbln, AUTO_CLASSES[model_class])
+    auto_cls = getattr(rbln, family_of(model_class).auto_class)
     kwargs: dict[str, Any] = {}
     if device is not None:
-        kwargs["rbln_device"] = device
+        devices = [device] if isinstance(device, int) else list(device)
+        kwargs["rbln_device"] = devices[0] if len(devices) == 1 else devices
     started = time.monotonic()
     model = auto_cls.from_pretrained(str(bundle.path), export=False, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle.path))
+    tokenizer = load_tokenizer(bundle)
     return LoadedBundle(bundle, model, tokenizer, model_class, time.monotonic() - started)

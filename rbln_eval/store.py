@@ -18,11 +18,9 @@ manifest and stats the files: its cost does not grow with bundle bytes. :meth:`S
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -36,6 +34,8 @@ from urllib.parse import quote, unquote
 
 from filelock import FileLock, Timeout
 
+from .atomic import publish_dir, write_atomic
+from .constants import DEFAULT_STORE, DIGEST_RE, HEX_RE, MIN_PREFIX, STORE_ENV
 from .errors import (
     AmbiguousReferenceError,
     BuildFailedError,
@@ -49,14 +49,9 @@ from .identity import BundleKey
 
 logger = logging.getLogger(__name__)
 
-STORE_ENV = "RBLN_EVAL_STORE"
-DEFAULT_STORE = "artifacts"
 MANIFEST_NAME = "rbln-eval-manifest.json"
 BUILD_LOG_NAME = "rbln-eval-build.log"
 MANIFEST_SCHEMA = 1
-MIN_PREFIX = 4
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_HEX = re.compile(r"^[0-9a-f]+$")
 _LOG_TAIL_LINES = 200
 _STALE_TMP_SECONDS = 7 * 24 * 3600
 
@@ -118,7 +113,7 @@ class Manifest:
 
         def bad(reason: str) -> CorruptBundleError:
             return CorruptBundleError(
-                f"malformed manifest in {where}: {reason}; remove it with `rbln-eval rm` (or `rbln-eval gc`) and rebuild"
+                f"malformed manifest in {where}: {reason}", "remove it with `rbln-eval rm` (or `rbln-eval gc`) and rebuild"
             )
 
         if not isinstance(data, dict):
@@ -126,7 +121,7 @@ class Manifest:
         if data.get("schema") != MANIFEST_SCHEMA:
             raise bad(f"unsupported schema {data.get('schema')!r}")
         digest = data.get("digest")
-        if not isinstance(digest, str) or not _DIGEST.match(digest):
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
             raise bad("missing or invalid digest")
         try:
             key = BundleKey.from_fields(data.get("key") or {})
@@ -144,7 +139,7 @@ class Manifest:
             if (
                 not isinstance(entry, dict)
                 or not isinstance(entry.get("sha256"), str)
-                or not _DIGEST.match(entry["sha256"])
+                or not DIGEST_RE.match(entry["sha256"])
                 or not isinstance(entry.get("size"), int)
                 or entry["size"] < 0
             ):
@@ -228,28 +223,8 @@ def scan_files(root: Path) -> dict[str, FileEntry]:
     return entries
 
 
-def fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` (and ``root`` itself) to stable storage."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+    write_atomic(root / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,8 +339,8 @@ class Store:
             if candidate.exists():
                 if not candidate.is_dir():
                     raise StoreNotWritableError(
-                        f"store {self.root} is not usable: {candidate} is not a directory; "
-                        f"pass --store DIR or set {STORE_ENV}"
+                        f"store {self.root} is not usable: {candidate} is not a directory",
+                        f"pass {{store}} DIR or set {STORE_ENV}",
                     )
                 return
 
@@ -379,7 +354,7 @@ class Store:
             probe.unlink()
         except OSError as exc:
             raise StoreNotWritableError(
-                f"store {self.root} is not writable ({exc.strerror or exc}): pass --store DIR or set {STORE_ENV}"
+                f"store {self.root} is not writable ({exc.strerror or exc})", f"pass {{store}} DIR or set {STORE_ENV}"
             ) from None
 
     # lookup -------------------------------------------------------------------------------------
@@ -397,14 +372,14 @@ class Store:
     def digests(self) -> list[str]:
         if not self.bundles_dir.is_dir():
             return []
-        return sorted(p.name for p in self.bundles_dir.iterdir() if _DIGEST.match(p.name) and p.is_dir())
+        return sorted(p.name for p in self.bundles_dir.iterdir() if DIGEST_RE.match(p.name) and p.is_dir())
 
     def resolve(self, ref: str) -> Bundle:
         """A bundle by full digest, alias, bundle directory path or unique digest prefix."""
         ref = ref.strip()
         if not ref:
             raise BundleNotFoundError("empty bundle reference: pass a digest, a digest prefix, an alias or a path")
-        if _DIGEST.match(ref):
+        if DIGEST_RE.match(ref):
             bundle = self.lookup(ref)
             if bundle is None:
                 raise BundleNotFoundError(f"no bundle {ref[:12]} in store {self.root}: see `rbln-eval ls`")
@@ -421,7 +396,7 @@ class Store:
         path = Path(ref).expanduser()
         if (path / MANIFEST_NAME).is_file():
             return Bundle.open(path)
-        if _HEX.match(ref.lower()):
+        if HEX_RE.match(ref.lower()):
             if len(ref) < MIN_PREFIX:
                 raise BundleNotFoundError(f"digest prefix {ref!r} is too short: give at least {MIN_PREFIX} characters")
             matches = [d for d in self.digests() if d.startswith(ref.lower())]
@@ -522,7 +497,6 @@ class Store:
                 info=info,
             )
             write_manifest(tmp, manifest)
-            fsync_tree(tmp)
         except Exception as exc:
             self._record_failure(key, tmp, exc)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -533,17 +507,9 @@ class Store:
         final = self.bundle_path(digest)
         if replace and final.exists():
             os.rename(final, self.tmp_dir / f"deleted.{digest}.{secrets.token_hex(4)}")
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            existing = self.lookup(digest)  # someone published first: theirs is as good as ours
-            if existing is None:
-                raise
+        existing = self._publish(tmp, final)
+        if existing is not None:  # someone published first: theirs is as good as ours
             return BuildResult(existing, built=False)
-        fsync_dir(self.bundles_dir)
         for leftover in self.tmp_dir.glob(f"deleted.{digest}.*"):
             shutil.rmtree(leftover, ignore_errors=True)
         self.clear_failure(digest)
@@ -604,22 +570,30 @@ class Store:
                 if manifest_text is None:
                     write_manifest(tmp, manifest)
                 else:
-                    (tmp / MANIFEST_NAME).write_text(manifest_text)
-                fsync_tree(tmp)
+                    write_atomic(tmp / MANIFEST_NAME, manifest_text)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             final = self.bundle_path(digest)
-            try:
-                os.rename(tmp, final)
-            except OSError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                existing = self.lookup(digest) if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) else None
-                if existing is None:
-                    raise
+            existing = self._publish(tmp, final)
+            if existing is not None:
                 return BuildResult(existing, built=False)
-            fsync_dir(self.bundles_dir)
             return BuildResult(Bundle(path=final, manifest=manifest), built=True)
+
+    def _publish(self, tmp: Path, final: Path) -> Bundle | None:
+        """Rename ``tmp`` to ``final`` if no bundle is there; else discard ``tmp`` and return the one that is."""
+        try:
+            published = publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if published:
+            return None
+        shutil.rmtree(tmp, ignore_errors=True)
+        existing = self.lookup(final.name)
+        if existing is None:
+            raise CorruptBundleError(f"bundle {final.name[:12]} could not be published in {self.bundles_dir}")
+        return existing
 
     def _clean_tmp(self, digest: str) -> None:
         """Remove leftovers of builds of ``digest`` that died (called with the key lock held)."""
@@ -644,10 +618,7 @@ class Store:
         }
         try:
             self.failures_dir.mkdir(parents=True, exist_ok=True)
-            target = self.failures_dir / f"{key.digest}.json"
-            scratch = target.with_suffix(f".{secrets.token_hex(4)}.tmp")
-            scratch.write_text(json.dumps(record, indent=2))
-            os.replace(scratch, target)
+            write_atomic(self.failures_dir / f"{key.digest}.json", json.dumps(record, indent=2))
         except OSError as write_error:
             logger.warning("could not record the failed build of %s: %s", key.digest[:12], write_error)
 
@@ -678,21 +649,18 @@ class Store:
             digest = (self.refs_dir / self._ref_filename(alias)).read_text().strip()
         except (OSError, ValueError):
             return None
-        return digest if _DIGEST.match(digest) else None
+        return digest if DIGEST_RE.match(digest) else None
 
     def set_ref(self, alias: str, digest: str) -> None:
         """Point ``alias`` at ``digest`` (atomic replace)."""
-        if not alias or alias.strip() != alias or _HEX.match(alias) or "\n" in alias:
+        if not alias or alias.strip() != alias or HEX_RE.match(alias) or "\n" in alias:
             raise RblnEvalError(
                 f"invalid alias {alias!r}: use a name such as model@revision:tag (not a bare hex string)"
             )
         if self.lookup(digest) is None:
             raise BundleNotFoundError(f"no bundle {digest[:12]} in store {self.root}")
         self.ensure_writable()
-        target = self.refs_dir / self._ref_filename(alias)
-        scratch = self.refs_dir / f".{target.name}.{secrets.token_hex(4)}.tmp"
-        scratch.write_text(digest + "\n")
-        os.replace(scratch, target)
+        write_atomic(self.refs_dir / self._ref_filename(alias), digest + "\n")
 
     def refs(self) -> dict[str, str]:
         if not self.refs_dir.is_dir():
@@ -769,7 +737,7 @@ class Store:
         if path.name.startswith("deleted."):
             return True
         digest = path.name.split(".", 1)[0]
-        if not _DIGEST.match(digest):
+        if not DIGEST_RE.match(digest):
             return time.time() - path.stat().st_mtime > _STALE_TMP_SECONDS
         lock = self.lock(digest)
         try:

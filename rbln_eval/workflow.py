@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .compiler import CompileOptions, compile_into, inspect_model
-from .identity import BundleKey, ModelSource, resolve_source, resolve_target
+from .families import family_of
+from .identity import BundleKey, ModelSource, resolve_source
 from .store import Bundle, BuildContext, BuildResult, Store
+from .target import npu_of, resolve_target
 
 if TYPE_CHECKING:
     from .remotes import Remote
@@ -26,7 +28,7 @@ class CompileRequest:
     @property
     def npu(self) -> str:
         """The device name optimum-rbln compiles for (the target without the simulator mark)."""
-        return self.target.removeprefix("SIM-")
+        return npu_of(self.target)
 
     @property
     def alias(self) -> str:
@@ -50,13 +52,8 @@ def plan_compile(
     source = resolve_source(model, revision, token=token)
     model_class, config = inspect_model(source, token=token, trust_remote_code=trust_remote_code)
     rbln_config = options.rbln_config(model_class)
-    default_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if default_len:
-        if model_class == "causal":
-            rbln_config.setdefault("max_seq_len", int(default_len))
-        else:
-            rbln_config.setdefault("enc_max_seq_len", int(default_len))
-            rbln_config.setdefault("dec_max_seq_len", int(default_len))
+    for name, length in family_of(model_class).default_lengths(config).items():
+        rbln_config.setdefault(name, length)
     target = resolve_target(npu)
     key = BundleKey.build(source, model_class, rbln_config, target)
     return CompileRequest(source, model_class, key.compile, target, key)
@@ -70,14 +67,12 @@ def compile_bundle(
     token: str | bool | None = None,
     trust_remote_code: bool = False,
     on_wait: Callable[[str], None] | None = None,
-    echo: IO[str] | None = None,
 ) -> BuildResult:
     """The bundle for ``request``: from the store, or compiled once (``force`` rebuilds it)."""
 
     def build(ctx: BuildContext) -> None:
-        log: IO[str] = ctx.log if echo is None else _Tee(ctx.log, echo)
         compile_into(
-            ctx.path, request.source, request.model_class, request.compile_config, request.npu, log,
+            ctx.path, request.source, request.model_class, request.compile_config, request.npu, ctx.log,
             token=token, trust_remote_code=trust_remote_code,
         )
 
@@ -115,19 +110,3 @@ def find_or_pull(
     if store.read_ref(request.alias) is None:
         store.set_ref(request.alias, pulled.bundle.digest)
     return pulled.bundle, pulled.source.remote
-
-
-class _Tee:
-    """Write to the bundle's build log and echo to the terminal."""
-
-    def __init__(self, *streams: IO[str]) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()

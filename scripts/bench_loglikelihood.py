@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from rbln_eval import demo  # noqa: E402
 from rbln_eval.compiler import CompileOptions  # noqa: E402
+from rbln_eval.api import open_lm  # noqa: E402
 from rbln_eval.lm import RBLNLM  # noqa: E402
-from rbln_eval.loader import load_bundle  # noqa: E402
 from rbln_eval.store import Store  # noqa: E402
 from rbln_eval.workflow import compile_bundle, plan_compile  # noqa: E402
 
@@ -68,17 +68,17 @@ def token_pairs(lm: RBLNLM, kind: str, instances: list[Any]) -> list[tuple[list[
 
 
 def run_adapter(lm: RBLNLM, kind: str, instances: list[Any]) -> tuple[list[float], dict[str, Any]]:
-    lm.device_backend.counters.clear()
+    lm.executor.replica.backend.counters.clear()
     if kind == "loglikelihood_rolling":
         scores = lm.loglikelihood_rolling(instances, disable_tqdm=True)
     else:
         scores = [s for s, _ in lm.loglikelihood(instances, disable_tqdm=True)]
-    return scores, lm.device_backend.counters.as_dict()
+    return scores, lm.executor.replica.backend.counters.as_dict()
 
 
 def run_baseline(lm: RBLNLM, pairs: list[tuple[list[int], list[int]]]) -> tuple[list[float], dict[str, int]]:
     """Re-prefill context + continuation[:i] for every continuation token; read the last position's logits."""
-    backend = lm.device_backend
+    backend = lm.executor.replica.backend
     calls = tokens = 0
     scores = []
     for context, continuation in pairs:
@@ -113,9 +113,8 @@ def main() -> None:
             started = time.perf_counter()
             bundle = compile_bundle(request, store).bundle
             compiled = time.perf_counter() - started
-            loaded = load_bundle(bundle)
-            lms[logits] = RBLNLM(loaded=loaded)
-            timings[logits] = (compiled, loaded.load_seconds)
+            lms[logits] = open_lm(bundle)
+            timings[logits] = (compiled, lms[logits].load_seconds)
         requests = task_requests(lms["all"], args.limit)
         print(f"device cost per request, demo llama, batch size {args.batch_size}, limit {args.limit}")
         header = f"{'task':<11}|{'reqs':>5} |{'full-logit calls':>17} |{'tokens':>8} |{'last-logit calls':>17} |{'tokens':>8} |{'re-prefill calls':>17} |{'tokens':>9} | max |Δlogp|"

@@ -62,9 +62,7 @@ def main() -> int:
 
     from rbln_eval import demo
     from rbln_eval.compiler import CompileOptions
-    from rbln_eval.lm import RBLNLM
-    from rbln_eval.loader import load_bundle
-    from rbln_eval.parallel import DataParallelRBLNLM
+    from rbln_eval.api import open_lm
     from rbln_eval.store import Store
     from rbln_eval.workflow import compile_bundle, plan_compile
 
@@ -85,16 +83,12 @@ def main() -> int:
     baseline = None
     for k in (1, 2, 4):
         started = time.monotonic()
-        if k == 1:
-            lm = RBLNLM(loaded=load_bundle(bundle, device=0))
-        else:
-            lm = DataParallelRBLNLM(bundle, [[i] for i in range(k)])
+        lm = open_lm(bundle, device=0) if k == 1 else open_lm(bundle, devices=f"0-{k - 1}")
         startup = time.monotonic() - started
         try:
             results, seconds = evaluate(lm)
         finally:
-            if k > 1:
-                lm.close()
+            lm.close()
         counters = results["config"]["rbln"]["device_counters"]
         calls = sum(c["calls"] for c in counters.values())
         scores = {t: {m: v for m, v in r.items() if "stderr" not in m} for t, r in results["results"].items()}

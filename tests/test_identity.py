@@ -180,11 +180,11 @@ def test_hub_revision_resolves_from_the_offline_cache(tmp_path: Path, monkeypatc
 
 
 def test_target_marks_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rbln_eval.identity as identity
+    import rbln_eval.target as target
 
-    monkeypatch.setattr(identity, "simulator_active", lambda: True)
+    monkeypatch.setattr(target, "simulator_active", lambda: True)
     assert resolve_target("RBLN-CA25") == "SIM-RBLN-CA25"
-    monkeypatch.setattr(identity, "simulator_active", lambda: False)
+    monkeypatch.setattr(target, "simulator_active", lambda: False)
     assert resolve_target("RBLN-CA25") == "RBLN-CA25"
     with pytest.raises(ConfigError, match="simulator target"):
         resolve_target("SIM-RBLN-CA25")

@@ -25,9 +25,8 @@ from demomodels import model_dirs  # noqa: E402
 from lmhelpers import TASKS_DIR, sample_values  # noqa: E402
 from rbln_eval.compiler import CompileOptions  # noqa: E402
 from rbln_eval.errors import ConfigError  # noqa: E402
-from rbln_eval.lm import RBLNLM  # noqa: E402
-from rbln_eval.loader import load_bundle  # noqa: E402
-from rbln_eval.parallel import DataParallelRBLNLM, WorkerDiedError  # noqa: E402
+from rbln_eval.api import open_lm  # noqa: E402
+from rbln_eval.parallel import WorkerDiedError  # noqa: E402
 from rbln_eval.store import Bundle, Store  # noqa: E402
 from rbln_eval.workflow import compile_bundle, plan_compile  # noqa: E402
 
@@ -75,9 +74,9 @@ def scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_one_two_and_four_replicas_score_identically(bundle: Bundle, single_thread: None) -> None:
-    single = evaluate(RBLNLM(loaded=load_bundle(bundle, device=0)))
+    single = evaluate(open_lm(bundle, device=0))
     for k in (2, 4):
-        with DataParallelRBLNLM(bundle, [[i] for i in range(k)]) as lm:
+        with open_lm(bundle, devices=f"0-{k - 1}") as lm:
             results = evaluate(lm)
         assert scores(results) == scores(single), k
         assert sample_values(results) == sample_values(single), k
@@ -92,9 +91,9 @@ def test_one_two_and_four_replicas_score_identically(bundle: Bundle, single_thre
 
 def test_a_stalled_worker_is_left_with_little_work(bundle: Bundle, single_thread: None) -> None:
     requests = [(None, [5 + i, 6, 7], [8]) for i in range(60)]
-    expected = RBLNLM(loaded=load_bundle(bundle, device=0))._loglikelihood_tokens(requests, disable_tqdm=True)
-    with DataParallelRBLNLM(bundle, [[0], [1]]) as lm:
-        slow = lm.pool.workers[1].process
+    expected = open_lm(bundle, device=0)._loglikelihood_tokens(requests, disable_tqdm=True)
+    with open_lm(bundle, devices="0,1") as lm:
+        slow = lm.executor.workers[1].process
         os.kill(slow.pid, signal.SIGSTOP)  # its first portion waits in the pipe until it resumes
         resume = threading.Timer(3.0, os.kill, (slow.pid, signal.SIGCONT))
         resume.start()
@@ -103,7 +102,7 @@ def test_a_stalled_worker_is_left_with_little_work(bundle: Bundle, single_thread
         finally:
             resume.cancel()
             os.kill(slow.pid, signal.SIGCONT)
-        served = [worker.requests for worker in lm.pool.workers]
+        served = [worker.requests for worker in lm.executor.workers]
     assert scores == expected
     assert sum(served) == 60
     assert served[1] < 20, served  # an even split would have left it 30 to do after it resumed
@@ -117,23 +116,23 @@ class _Request:
 def test_sampling_is_refused_before_any_device_work(bundle: Bundle) -> None:
     requests = [_Request(("The cat", {"until": ["."], "max_gen_toks": 8})) for _ in range(6)]
     requests.append(_Request(("The dog", {"do_sample": True, "temperature": 0.7})))
-    with DataParallelRBLNLM(bundle, [[0], [1]]) as lm:
+    with open_lm(bundle, devices="0,1") as lm:
         with pytest.raises(ConfigError, match=r"^the rbln model generates greedily; set do_sample=false"):
             lm._generate_until(requests, True)
-        assert [worker.requests for worker in lm.pool.workers] == [0, 0]
+        assert [worker.requests for worker in lm.executor.workers] == [0, 0]
         assert lm._generate_until(requests[:6], True) == [lm._generate_until(requests[:1], True)[0]] * 6
 
 
 def test_a_dead_worker_fails_the_call_and_names_its_devices(bundle: Bundle) -> None:
-    lm = DataParallelRBLNLM(bundle, [[2], [5]])
+    lm = open_lm(bundle, devices="2,5")
     try:
-        victim = lm.pool.workers[1].process
+        victim = lm.executor.workers[1].process
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(30)
         requests = [(None, [5, 6, 7], [8]), (None, [9, 10], [11, 12]), (None, [13], [14])]
         with pytest.raises(WorkerDiedError, match=r"^worker 1 on npu:5 died during loglikelihood \(killed by SIGKILL\); .*no scores were reported$"):
             lm._loglikelihood_tokens(requests, disable_tqdm=True)
-        assert not lm.pool.workers[0].process.is_alive()
+        assert not lm.executor.workers[0].process.is_alive()
         with pytest.raises(WorkerDiedError, match="not usable"):
             lm._loglikelihood_tokens(requests, disable_tqdm=True)
     finally:

@@ -7,9 +7,10 @@ manifest before the bundle appears in the local store.
 
 from __future__ import annotations
 
-from ..store import Store
+from ..errors import RblnEvalError
+from ..store import Bundle, Store
 from .base import BundleRefusedError, Remote, RemoteBundle, RemoteConfigError, RemoteError
-from .config import HF_SCHEME, RemoteSpec, add_spec, get_spec, load_specs, remove_spec, spec_from_location
+from .config import HF_SCHEME, RemoteSpec, add_spec, check_repo_id, get_spec, load_specs, remove_spec, spec_from_location
 
 
 def open_remote(spec: RemoteSpec) -> Remote:
@@ -30,6 +31,33 @@ def configured_remotes(store: Store, only: str | None = None) -> list[Remote]:
     return [open_remote(spec) for spec in load_specs(store)]
 
 
+def push_target(store: Store, repo: str | None = None, remote: str | None = None, private: bool = False) -> Remote:
+    """Where a push goes: the Hub repo ``repo``, the configured remote ``remote``, or the only configured one."""
+    if repo and remote:
+        raise RemoteConfigError("pass either {repo} ORG/NAME or {remote} NAME, not both")
+    if repo:
+        from .hub import HubRemote
+
+        return HubRemote(f"{HF_SCHEME}{repo}", check_repo_id(repo), private=private)
+    if remote:
+        return open_remote(get_spec(store, remote))
+    remotes = configured_remotes(store)
+    if len(remotes) != 1:
+        raise RemoteConfigError(f"{len(remotes)} remotes are configured", "pass {repo} ORG/NAME or {remote} NAME")
+    return remotes[0]
+
+
+def push_bundle(store: Store, bundle: Bundle, remote: Remote) -> tuple[RemoteBundle, bool]:
+    """Re-hash ``bundle`` against its manifest, then publish it on ``remote``; returns it and whether it was uploaded."""
+    problems = store.verify(bundle)
+    if problems:
+        raise RblnEvalError(
+            f"bundle {bundle.digest[:12]} fails verification ({problems[0].file}: {problems[0].reason})",
+            "remove it with `rbln-eval rm` and rebuild; nothing was pushed",
+        )
+    return remote.push(bundle)
+
+
 __all__ = [
     "HF_SCHEME",
     "BundleRefusedError",
@@ -43,6 +71,8 @@ __all__ = [
     "get_spec",
     "load_specs",
     "open_remote",
+    "push_bundle",
+    "push_target",
     "remove_spec",
     "spec_from_location",
 ]

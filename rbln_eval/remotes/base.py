@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from ..constants import DIGEST_RE, HEX_RE, MIN_PREFIX
 from ..errors import CorruptBundleError, RblnEvalError
 from ..store import Bundle, Manifest, Store
 
 INDEX_SCHEMA = 1
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_HEX = re.compile(r"^[0-9a-f]+$")
-MIN_PREFIX = 4
 
 
 class RemoteError(RblnEvalError):
@@ -79,8 +76,7 @@ def parse_remote_manifest(text: bytes | str, where: str, expected_digest: str | 
     try:
         manifest = Manifest.from_json(data, where)
     except CorruptBundleError as exc:
-        reason = str(exc).split("; remove it", 1)[0]
-        raise BundleRefusedError(f"refused {reason}; nothing was stored") from None
+        raise BundleRefusedError(f"refused {exc.what}; nothing was stored") from None
     if expected_digest is not None and manifest.digest != expected_digest:
         raise BundleRefusedError(
             f"refused {where}: it holds bundle {manifest.digest[:12]}, not {expected_digest[:12]}; nothing was stored"
@@ -135,13 +131,13 @@ def match_index(
     """Find ``ref`` (full digest, unique prefix of at least 4 characters, or alias) in an index."""
     bundles: dict[str, Any] = index.get("bundles", {})
     ref = ref.strip()
-    if _DIGEST.match(ref):
+    if DIGEST_RE.match(ref):
         entry = bundles.get(ref)
         return make(ref, entry) if isinstance(entry, dict) else None
     aliased = [d for d, e in bundles.items() if isinstance(e, dict) and e.get("alias") == ref]
     if len(aliased) == 1:
         return make(aliased[0], bundles[aliased[0]])
-    if _HEX.match(ref.lower()) and len(ref) >= MIN_PREFIX:
+    if HEX_RE.match(ref.lower()) and len(ref) >= MIN_PREFIX:
         matches = sorted(d for d in bundles if d.startswith(ref.lower()))
         if len(matches) > 1:
             raise RemoteError(f"{ref!r} matches {len(matches)} bundles on {where}: give more characters")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..constants import DIGEST_RE
 from ..errors import RblnEvalError
 from ..store import Bundle, Store
 from . import HF_SCHEME, Remote, RemoteBundle, RemoteConfigError, RemoteError
 from .config import check_repo_id
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 Notify = Callable[[str], None]
 
 
@@ -74,7 +73,7 @@ def pull_digest(digest: str, store: Store, remotes: list[Remote], notify: Notify
     A remote that cannot be reached is skipped with a message; a bundle that fails verification raises
     :class:`~rbln_eval.remotes.BundleRefusedError`.
     """
-    assert _DIGEST.match(digest)
+    assert DIGEST_RE.match(digest)
     for remote in remotes:
         try:
             found = remote.find(digest)

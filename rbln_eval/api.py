@@ -1,0 +1,143 @@
+"""The library API: from a reference or a model to a bundle, and from a bundle to an lm_eval model.
+
+``rbln-eval run``, ``RBLNLM(...)`` from Python and lm_eval's ``--model_args`` all go through these::
+
+    from rbln_eval.api import obtain_bundle, open_lm
+    from rbln_eval.store import Store
+
+    bundle = obtain_bundle(Store(), artifact="3f2a9c").bundle
+    lm = open_lm(bundle, data_parallel=2)        # an lm_eval model: lm_eval.simple_evaluate(model=lm, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
+
+from .errors import ConfigError, RblnEvalError
+from .store import Bundle, Store
+
+if TYPE_CHECKING:
+    from .compiler import CompileOptions
+    from .executors import Executor
+    from .lm import RBLNLM
+    from .remotes import Remote
+    from .workflow import CompileRequest
+
+#: ``remotes=`` of :func:`obtain_bundle`: every configured remote (True), none (False), one by name,
+#: or the remotes themselves.
+RemoteChoice = bool | str | Sequence["Remote"]
+
+
+@dataclass(frozen=True)
+class Obtained:
+    """The bundle to evaluate and where it came from."""
+
+    bundle: Bundle
+    origin: str  # "store" | "remote" | "compiled" | "raced" (another process compiled it meanwhile)
+    remote: str | None = None  # the remote it was pulled from
+
+    @property
+    def compiled_now(self) -> bool:
+        return self.origin == "compiled"
+
+
+def select_remotes(store: Store, remotes: RemoteChoice) -> list["Remote"]:
+    """The remotes a lookup asks: all configured ones, none, one configured remote by name, or those given."""
+    if remotes is False:
+        return []
+    if remotes is True or isinstance(remotes, str):
+        from .remotes import configured_remotes
+
+        return configured_remotes(store, only=remotes if isinstance(remotes, str) else None)
+    return list(remotes)
+
+
+def obtain_bundle(
+    store: Store,
+    *,
+    artifact: str | None = None,
+    model: str | None = None,
+    options: "CompileOptions | None" = None,
+    revision: str | None = None,
+    npu: str | None = None,
+    remotes: RemoteChoice = True,
+    export: bool = True,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    notify: Callable[[str], None] | None = None,
+    compiling: Callable[["CompileRequest"], ContextManager[Any]] | None = None,
+) -> Obtained:
+    """The bundle of ``artifact`` (a stored reference), or of ``model`` with compile ``options``.
+
+    A model is keyed first; its bundle comes from the store, else from the first remote that has the key
+    (pulled and verified), else — with ``export`` — it is compiled through the store, never outside it.
+    ``force`` compiles again. ``notify`` hears what happens; ``compiling(request)`` wraps the compile
+    (a progress display).
+    """
+    if bool(artifact) == bool(model):
+        raise ConfigError("pass exactly one of {artifact} REF or {model} MODEL")
+    if artifact:
+        return Obtained(store.resolve(artifact), "store")
+    from .compiler import CompileOptions
+    from .workflow import compile_bundle, find_or_pull, plan_compile
+
+    request = plan_compile(model, options or CompileOptions(), revision=revision, npu=npu, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
+    if not force:
+        found = find_or_pull(request, store, select_remotes(store, remotes), notify=notify)
+        if found is not None:
+            bundle, served_by = found
+            return Obtained(bundle, "store" if served_by is None else "remote", served_by)
+    if not export:
+        raise RblnEvalError(
+            f"no bundle for {model} with this config (key {request.key.digest[:12]})",
+            "compile it with `rbln-eval compile` or pass {export}=True",
+        )
+    with (compiling(request) if compiling is not None else contextlib.nullcontext()):
+        result = compile_bundle(request, store, force=force, trust_remote_code=trust_remote_code, on_wait=notify)
+    return Obtained(result.bundle, "compiled" if result.built else "raced")
+
+
+def open_executor(
+    bundle: Bundle,
+    device: Any = None,
+    devices: str | None = None,
+    data_parallel: int | None = None,
+) -> "Executor":
+    """Replicas of ``bundle``: one in this process, or a worker per device group when there are several.
+
+    ``device`` places one replica (``npu:2``, ``0-3``); ``devices`` (``0-7``) are split into replicas of
+    the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs.
+    """
+    from .devices import plan_replicas
+
+    groups = plan_replicas(bundle.key.tensor_parallel, devices, data_parallel, device=device)
+    if groups is not None and len(groups) > 1:
+        from .parallel import PoolExecutor
+
+        return PoolExecutor(bundle, groups)
+    from .executors import LocalExecutor
+    from .loader import load_bundle
+
+    return LocalExecutor(load_bundle(bundle, device=None if groups is None else groups[0]), groups)
+
+
+def open_lm(
+    bundle: Bundle,
+    device: Any = None,
+    devices: str | None = None,
+    data_parallel: int | None = None,
+    compiled_now: bool = False,
+    **lm_args: Any,
+) -> "RBLNLM":
+    """The lm_eval model ``rbln`` over replicas of ``bundle`` (see :func:`open_executor`)."""
+    from .lm import RBLNLM
+
+    RBLNLM.check_args(lm_args)  # before any device is touched
+    executor = open_executor(bundle, device, devices, data_parallel)
+    try:
+        return RBLNLM(executor=executor, compiled_now=compiled_now, **lm_args)
+    except BaseException:
+        executor.close()
+        raise

@@ -1,0 +1,258 @@
+"""Evaluation commands: run (alias eval), compare, and lm_eval's own CLI with the ``rbln`` model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..api import open_lm
+from ..errors import RblnEvalError
+from ..store import Bundle
+from ._cli_utils import (
+    DeviceOpt,
+    DtypeOpt,
+    FewshotOpt,
+    GenKwargsOpt,
+    IncludePathOpt,
+    LimitOpt,
+    LogitsOpt,
+    MaxSeqLenOpt,
+    NoRemoteOpt,
+    NpuOpt,
+    RblnConfigOpt,
+    RemoteOpt,
+    RevisionOpt,
+    SeedOpt,
+    StoreOpt,
+    TasksOpt,
+    TpOpt,
+    TrustRemoteCodeOpt,
+    err,
+    open_store,
+    out,
+    split_tasks,
+)
+from .build import compile_options, obtain_model
+
+
+def _open_replicas(bundle: Bundle, device: Any, devices: Optional[str], data_parallel: Optional[int], compiled_now: bool) -> Any:
+    """The ``rbln`` model over one replica or K worker processes, saying where they were placed."""
+    from ..devices import format_devices
+
+    with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
+        lm = open_lm(bundle, device=device, devices=devices, data_parallel=data_parallel, compiled_now=compiled_now)
+    groups = lm.executor.groups
+    if groups is not None and len(groups) > 1:
+        placed = ", ".join(format_devices(group) for group in groups)
+        err.print(f"loaded {len(groups)} replicas of {bundle.digest[:12]} ({bundle.key.target}) on {placed} in {lm.load_seconds:.1f}s")
+    else:
+        where = "" if groups is None else f" on {format_devices(groups[0])}"
+        err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}){where} in {lm.load_seconds:.1f}s")
+    return lm
+
+
+def run_command(
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle: digest, prefix, alias or path."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to compile on a miss (with the compile options)."),
+    tasks: TasksOpt = ...,  # type: ignore[assignment]
+    num_fewshot: FewshotOpt = None,
+    limit: LimitOpt = None,
+    batch_size: Optional[str] = typer.Option(None, "--batch_size", "--batch-size", help="Compiled batch size when compiling with --model."),
+    output_path: Optional[str] = typer.Option(None, "--output_path", "--output-path", "-o"),
+    log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", "-s"),
+    include_path: IncludePathOpt = None,
+    gen_kwargs: GenKwargsOpt = None,
+    apply_chat_template: bool = typer.Option(False, "--apply_chat_template", "--apply-chat-template"),
+    fewshot_as_multiturn: bool = typer.Option(False, "--fewshot_as_multiturn", "--fewshot-as-multiturn"),
+    seed: SeedOpt = None,
+    use_cache: Optional[str] = typer.Option(None, "--use_cache", "--use-cache", help="Request cache path prefix (per bundle)."),
+    device: DeviceOpt = None,
+    devices: Optional[str] = typer.Option(None, "--devices", help="NPUs to use, split into replicas of the bundle's tp (0-7)."),
+    data_parallel: Optional[int] = typer.Option(None, "--data-parallel", help="Replicas, each in its own process on its own NPUs."),
+    revision: RevisionOpt = None,
+    tp: TpOpt = None,
+    max_seq_len: MaxSeqLenOpt = None,
+    logits: LogitsOpt = "all",
+    npu: NpuOpt = None,
+    dtype: DtypeOpt = None,
+    rbln_config: RblnConfigOpt = None,
+    store: StoreOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    no_remote: NoRemoteOpt = False,
+    remote: RemoteOpt = None,
+    show_config: bool = typer.Option(False, "--show_config", "--show-config", help="Print the full results JSON."),
+) -> None:
+    """Evaluate a bundle with lm-evaluation-harness (compiling it first with --model on a miss).
+
+    Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
+    """
+    from ..devices import parse_device
+    from ..evaluation import EvalOptions, evaluate, parse_seed, summary_json, task_manager_for
+
+    if bool(artifact) == bool(model):
+        raise RblnEvalError("pass exactly one of --artifact REF or --model MODEL")
+    task_list = split_tasks(tasks)
+    options = EvalOptions(
+        tasks=task_list, num_fewshot=num_fewshot, limit=limit, output_path=output_path, log_samples=log_samples,
+        include_path=include_path, gen_kwargs=gen_kwargs, apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn or None, seed=parse_seed(seed), use_cache=use_cache,
+    )
+    manager = task_manager_for(task_list, include_path)  # fail on unknown tasks before loading anything
+    parse_device(device)  # and on a malformed device
+    st = open_store(store)
+    compiled_now = False
+    if artifact:
+        bundle = st.resolve(artifact)
+    else:
+        compile_batch = None
+        if batch_size is not None:
+            try:
+                compile_batch = int(batch_size)
+            except ValueError:
+                raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
+        opts = compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config)
+        obtained = obtain_model(
+            st, model, opts, revision=revision, npu=npu, no_remote=no_remote, remote=remote,  # type: ignore[arg-type]
+            trust_remote_code=trust_remote_code,
+        )
+        bundle, compiled_now = obtained.bundle, obtained.compiled_now
+    lm = _open_replicas(bundle, device, devices, data_parallel, compiled_now)
+    try:
+        results = evaluate(lm, options, task_manager=manager)
+    finally:
+        lm.close()
+    if results is None:
+        return
+    from lm_eval.utils import make_table
+
+    if show_config:
+        out.print(summary_json({k: v for k, v in results.items() if k != "samples"}), markup=False)
+    info = results["config"]["rbln"]
+    out.print(
+        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), limit: {limit}, num_fewshot: {num_fewshot}, "
+        f"batch_size: {info['batch_size']}",
+        markup=False,
+    )
+    out.print(make_table(results), markup=False)
+    if "groups" in results:
+        out.print(make_table(results, "groups"), markup=False)
+    counters = ", ".join(f"{g}: {c['calls']} calls / {c['tokens']} tokens" for g, c in info["device_counters"].items())
+    err.print(
+        f"load {info['load_seconds']:.1f}s, eval {info['eval_seconds']:.1f}s, "
+        f"{info['requests']} requests ({info['requests_per_second'] or 0:.1f}/s); device: {counters}"
+    )
+    from ..devices import format_devices
+
+    for index, worker in enumerate(info.get("workers") or []):
+        err.print(
+            f"replica {index} on {format_devices(worker['devices'])}: {worker['requests']} requests, "
+            f"busy {worker['busy_seconds']:.1f}s"
+        )
+
+
+def compare_command(
+    ref: str = typer.Argument(..., help="Bundle: digest, prefix, alias or path."),
+    tasks: TasksOpt = ...,  # type: ignore[assignment]
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
+    include_path: IncludePathOpt = None,
+    gen_kwargs: GenKwargsOpt = None,
+    seed: SeedOpt = None,
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Exit 1 when a |Δ| exceeds this (relative above 1)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON report path (default: compare-DIGEST.json)."),
+    device: Optional[str] = typer.Option(None, "--device", help="NPU index or range of the bundle's replica."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size of the HF reference."),
+    store: StoreOpt = None,
+) -> None:
+    """Score a bundle and its model's HF reference on the same samples; report per-task and per-request deltas.
+
+    Example: rbln-eval compare 3f2a9c --tasks hellaswag,arc_easy --limit 200 --tolerance 1e-4
+    """
+    from ..compare import reference_lm, run_compare
+    from ..devices import parse_device
+    from ..evaluation import EvalOptions, parse_seed, task_manager_for
+
+    if tolerance is not None and not tolerance >= 0:
+        raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
+    options = EvalOptions(
+        tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=limit, include_path=include_path,
+        gen_kwargs=gen_kwargs, seed=parse_seed(seed), log_samples=True,
+    )
+    task_manager_for(options.tasks, include_path)  # fail on unknown tasks before loading anything
+    parse_device(device)
+    bundle = open_store(store).resolve(ref)
+    lm = _open_replicas(bundle, device, None, None, False)
+    try:
+        with err.status("loading the HF reference…", spinner="dots"):
+            reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size)
+        report = run_compare(lm, options, tolerance, reference=reference)
+    finally:
+        lm.close()
+    _print_comparison(report)
+    path = report.write(output or Path(f"compare-{bundle.digest[:12]}.json"))
+    err.print(f"report written to {path}", markup=False)
+    if not report.passed:
+        details = "; ".join(f"{task.task} ({', '.join(task.failures)})" for task in report.failing)
+        err.print(f"tolerance {tolerance:g} exceeded in {len(report.failing)} task(s): {details}", markup=False)
+        raise typer.Exit(1)
+
+
+def _fmt(value: Optional[float], spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_comparison(report) -> None:
+    out.print(
+        f"rbln {report.bundle[:12]} ({report.target}) vs hf {report.reference['pretrained']} "
+        f"({report.reference['dtype']}, {report.reference['device']}), limit: {report.limit}",
+        markup=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("task", "metric", "rbln", "hf", "Δ", "max |Δ lp|", "mean |Δ lp|", "argmax agree", "gen agree", ""):
+        table.add_column(column, no_wrap=True)
+    for task in report.tasks:
+        status = "" if report.tolerance is None else ("ok" if task.passed else "[red]FAIL[/red]")
+        first = True
+        for metric in task.metrics or [None]:
+            table.add_row(
+                task.task if first else "",
+                metric.metric.replace(",none", "") if metric else "-",
+                _fmt(metric.rbln, ".6g") if metric else "-",
+                _fmt(metric.reference, ".6g") if metric else "-",
+                _fmt(metric.delta, "+.2e") if metric else "-",
+                _fmt(task.max_abs_logprob_delta, ".2e") if first else "",
+                _fmt(task.mean_abs_logprob_delta, ".2e") if first else "",
+                _fmt(task.argmax_agreement, ".1%") if first else "",
+                _fmt(task.generation_agreement, ".1%") if first else "",
+                status if first else "",
+            )
+            first = False
+    out.print(table, width=max(out.width, 160))
+
+
+def lm_eval_command(ctx: typer.Context) -> None:
+    """Run lm_eval's own CLI with the `rbln` model registered (all arguments are lm_eval's).
+
+    Example: rbln-eval lm-eval run --model rbln --model_args artifact=3f2a9c --tasks lambada_openai
+    """
+    import lm_eval.__main__ as lm_eval_main
+
+    from .. import lm as _registers_rbln  # noqa: F401
+
+    sys.argv = ["lm_eval", *ctx.args]
+    lm_eval_main.cli_evaluate()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("eval", help="Alias of `run`.\n\nExample: rbln-eval eval --artifact 3f2a9c --tasks hellaswag")(run_command)
+    app.command("compare")(compare_command)
+    app.command(
+        "lm-eval",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+        add_help_option=False,
+    )(lm_eval_command)

@@ -1,0 +1,47 @@
+"""Names and defaults used across rbln-eval, and every environment variable it reads.
+
+Each variable is documented in the README's table. The simulator's own variables live in
+:mod:`rbln_eval.sim` (it knows nothing of the rest of the package) and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .sim import ENV_SIMULATE as SIMULATE_ENV
+from .sim._version import SIM_TARGET_PREFIX
+
+#: The bundle store directory (default ``./artifacts``).
+STORE_ENV = "RBLN_EVAL_STORE"
+DEFAULT_STORE = "artifacts"
+#: rbln-eval's per-user cache directory (file hashes); default ``$XDG_CACHE_HOME/rbln-eval``.
+CACHE_DIR_ENV = "RBLN_EVAL_CACHE_DIR"
+#: The NPU to compile for when none is given and none is installed (e.g. ``RBLN-CA25``).
+NPU_ENV = "RBLN_EVAL_NPU"
+
+#: A bundle digest: sha256 in lower-case hex.
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+#: A digest prefix.
+HEX_RE = re.compile(r"^[0-9a-f]+$")
+#: The shortest digest prefix a reference may use.
+MIN_PREFIX = 4
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "DEFAULT_STORE",
+    "DIGEST_RE",
+    "HEX_RE",
+    "MIN_PREFIX",
+    "NPU_ENV",
+    "SIMULATE_ENV",
+    "SIM_TARGET_PREFIX",
+    "STORE_ENV",
+    "env_value",
+]
+
+
+def env_value(name: str) -> str | None:
+    """The stripped value of environment variable ``name``, ``None`` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value or None

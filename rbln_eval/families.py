@@ -1,0 +1,194 @@
+"""What differs between model families (causal LMs, encoder-decoder LMs), in one object per family.
+
+A :class:`Family` knows its optimum-rbln auto class, how its compile options are spelled, how a request is
+fitted into the compiled lengths, how a greedy generation is budgeted, how its programs talk to the device,
+and what a job costs in device work. Everything else in rbln-eval asks the family instead of branching on
+the model class, so a new family is one more object here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from lm_eval.models.utils import has_bos_prefix
+
+from .backends import CausalBackend, Seq2SeqBackend
+from .engine import Program, causal_greedy_program, causal_loglikelihood_program
+from .engine import seq2seq_greedy_program, seq2seq_loglikelihood_program
+from .shapes import ReplicaShape
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A request after fitting: the tokens the device sees, and whether anything was cut off."""
+
+    context: list[int]
+    continuation: list[int]
+    truncated: str | None = None  # what was truncated ("a request", "a context", …), None if nothing
+
+
+class Family:
+    """The policy of one model family; see the module docstring."""
+
+    name: str
+    auto_class: str
+    #: transformers' auto-model mapping whose architectures optimum-rbln compiles for this family.
+    transformers_mapping: str
+    is_encoder_decoder: bool
+
+    def backend(self, model: Any) -> Any:
+        """The device backend over a loaded optimum-rbln model of this family."""
+        raise NotImplementedError
+
+    def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
+        """The family's rbln_config spelling of ``--max-seq-len`` and ``--logits``."""
+        raise NotImplementedError
+
+    def default_lengths(self, model_config: Any) -> dict[str, int]:
+        """Compiled lengths to use when none is given: the model's own context length."""
+        length = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+        return {name: int(length) for name in self.length_keys} if length else {}
+
+    length_keys: tuple[str, ...] = ()
+
+    def fit(self, shape: ReplicaShape, context: list[int], continuation: list[int]) -> Fitted:
+        """Left-truncate a loglikelihood request to the compiled lengths, as lm_eval's ``hf`` model does."""
+        raise NotImplementedError
+
+    def generation_tokens(self, tokenizer: Any, context: str, add_bos_token: bool | None) -> list[int]:
+        """The tokens of a generation context, as lm_eval's ``hf`` model encodes them."""
+        raise NotImplementedError
+
+    def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
+        """How many context tokens a generation request may keep."""
+        raise NotImplementedError
+
+    def generation_steps(self, context_tokens: int, max_gen: int) -> int:
+        """The number of new tokens to generate at most for ``max_gen_toks`` ``max_gen``."""
+        return max_gen
+
+    def loglikelihood_program(self, backend: Any, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+        raise NotImplementedError
+
+    def greedy_program(
+        self, backend: Any, tokens: Sequence[int], max_new_tokens: int,
+        stop: Callable[[list[int]], bool], eos_token_ids: frozenset[int],
+    ) -> Program:
+        raise NotImplementedError
+
+    def job_cost(self, shape: ReplicaShape, context: int, continuations: Sequence[int]) -> int:
+        """Device work of one loglikelihood job, in decode tokens: its prefill, then teacher-forced steps."""
+        return shape.prefill_cost(context) + sum(continuations) - len(continuations)
+
+    def generation_cost(self, shape: ReplicaShape, context: int, max_gen: int) -> int:
+        """Device work of one generation at most: its prefill, then ``max_gen`` decode steps."""
+        return shape.prefill_cost(context) + max_gen
+
+
+class CausalFamily(Family):
+    """Decoder-only LMs: chunked prefill of one row, then batched decode steps."""
+
+    name = "causal"
+    auto_class = "RBLNAutoModelForCausalLM"
+    transformers_mapping = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+    is_encoder_decoder = False
+    length_keys = ("max_seq_len",)
+
+    def backend(self, model: Any) -> CausalBackend:
+        return CausalBackend(model)
+
+    def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"logits_to_keep": 0 if logits == "all" else 1}
+        if max_seq_len is not None:
+            options["max_seq_len"] = max_seq_len
+        return options
+
+    def fit(self, shape: ReplicaShape, context: list[int], continuation: list[int]) -> Fitted:
+        whole = context + continuation
+        truncated = None
+        if len(whole) > shape.max_length + 1:
+            truncated = "a request"
+            whole = whole[-(shape.max_length + 1) :]
+        if len(continuation) >= len(whole):
+            continuation = whole[1:]
+        return Fitted(whole[: len(whole) - len(continuation)], continuation, truncated)
+
+    def generation_tokens(self, tokenizer: Any, context: str, add_bos_token: bool | None) -> list[int]:
+        special: dict[str, bool] = {}
+        if has_bos_prefix(context, getattr(tokenizer, "bos_token", None)):
+            special = {"add_special_tokens": False}
+        elif add_bos_token is not None:
+            special = {"add_special_tokens": add_bos_token}
+        return list(tokenizer(context, **special)["input_ids"])
+
+    def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
+        return shape.max_length - max_gen
+
+    def loglikelihood_program(self, backend: Any, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+        return causal_loglikelihood_program(backend, context, continuations)
+
+    def greedy_program(self, backend, tokens, max_new_tokens, stop, eos_token_ids) -> Program:
+        return causal_greedy_program(backend, tokens, max_new_tokens, backend.max_length, stop, eos_token_ids)
+
+    def job_cost(self, shape: ReplicaShape, context: int, continuations: Sequence[int]) -> int:
+        if shape.full_logits:  # everything is read off one prefill
+            return shape.prefill_cost(context + max(continuations) - 1)
+        return super().job_cost(shape, context, continuations)
+
+
+class Seq2SeqFamily(Family):
+    """Encoder-decoder LMs: one encoder call per row, then batched decoder steps from the start token."""
+
+    name = "seq2seq"
+    auto_class = "RBLNAutoModelForSeq2SeqLM"
+    transformers_mapping = "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"
+    is_encoder_decoder = True
+    length_keys = ("enc_max_seq_len", "dec_max_seq_len")
+
+    def backend(self, model: Any) -> Seq2SeqBackend:
+        return Seq2SeqBackend(model)
+
+    def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
+        if max_seq_len is None:
+            return {}
+        return {"enc_max_seq_len": max_seq_len, "dec_max_seq_len": max_seq_len}
+
+    def fit(self, shape: ReplicaShape, context: list[int], continuation: list[int]) -> Fitted:
+        truncated = None
+        encoder_length = int(shape.enc_max_length or shape.max_length)
+        if len(context) > encoder_length:
+            truncated = "a context"
+            context = context[-encoder_length:]
+        if len(continuation) > shape.max_length:
+            truncated = "a continuation"
+            continuation = continuation[-shape.max_length :]
+        return Fitted(context, continuation, truncated)
+
+    def generation_tokens(self, tokenizer: Any, context: str, add_bos_token: bool | None) -> list[int]:
+        return list(tokenizer(context)["input_ids"])
+
+    def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
+        return int(shape.enc_max_length or shape.max_length)
+
+    def generation_steps(self, context_tokens: int, max_gen: int) -> int:
+        # lm_eval's hf model passes max_length = context length + max_gen_toks to an encoder-decoder's
+        # generate(), which counts decoder tokens: follow it (per request) so both score the same text.
+        return context_tokens + max_gen - 1
+
+    def loglikelihood_program(self, backend: Any, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+        return seq2seq_loglikelihood_program(backend, context, continuations)
+
+    def greedy_program(self, backend, tokens, max_new_tokens, stop, eos_token_ids) -> Program:
+        return seq2seq_greedy_program(backend, tokens, max_new_tokens, backend.max_length, stop, eos_token_ids)
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (CausalFamily(), Seq2SeqFamily())}
+
+
+def family_of(model_class: str) -> Family:
+    """The family of a bundle key's ``model_class``."""
+    try:
+        return FAMILIES[model_class]
+    except KeyError:
+        raise ValueError(f"unknown model class {model_class!r}; known: {', '.join(FAMILIES)}") from None
