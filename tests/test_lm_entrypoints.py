@@ -87,3 +87,51 @@ def test_three_entry_points_agree(runs: dict) -> None:
     via_lm_eval = results_file(out)
     assert scores(via_lm_eval) == reference
     assert via_lm_eval["config"]["rbln"]["bundle_digest"] == digest
+
+
+def samples(results: dict) -> dict:
+    """Every sample's responses, per task, in document order."""
+    return {
+        task: [(s["doc_id"], s["filtered_resps"]) for s in sorted(rows, key=lambda s: s["doc_id"])]
+        for task, rows in results["samples"].items()
+    }
+
+
+def test_data_parallel_2_from_python_and_model_args_scores_as_one_replica(runs: dict) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from rbln_eval.lm import RBLNLM
+
+    digest = results_file(runs["root"] / "warm")["config"]["rbln"]["bundle_digest"]
+    manager = TaskManager(include_path=TASKS_DIR, include_defaults=False)
+
+    def evaluate(**model_args: object) -> dict:
+        with RBLNLM(artifact=digest, store=runs["store"], **model_args) as lm:
+            return simple_evaluate(model=lm, tasks=TASKS.split(","), limit=6, log_samples=True, task_manager=manager)
+
+    single = evaluate(device="npu:0")
+    assert single["config"]["rbln"].get("data_parallel") is None
+    python = evaluate(data_parallel=2)
+    assert python["config"]["rbln"]["data_parallel"] == 2
+    assert [w["devices"] for w in python["config"]["rbln"]["workers"]] == [[0], [1]]
+    assert scores(python) == scores(single)
+    assert samples(python) == samples(single)
+
+    out = runs["root"] / "lm-eval-dp"
+    result = cli(
+        "lm-eval", "run", "--model", "rbln", "--model_args", f"artifact={digest},store={runs['store']},data_parallel=2",
+        "--tasks", TASKS, "--include_path", TASKS_DIR, "--limit", "6", "--output_path", str(out), "--log_samples",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    via_lm_eval = results_file(out)
+    assert via_lm_eval["config"]["rbln"]["data_parallel"] == 2
+    assert sum(w["requests"] for w in via_lm_eval["config"]["rbln"]["workers"]) == single["config"]["rbln"]["requests"]
+    assert scores(via_lm_eval) == scores(single)
+    sample_files = sorted(out.rglob("samples_*.jsonl"))
+    assert len(sample_files) == 2
+    for path in sample_files:
+        task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
+        rows = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
+        expected = [(doc, [[str(v) for v in resp] for resp in resps]) for doc, resps in samples(single)[task]]
+        assert [(s["doc_id"], s["filtered_resps"]) for s in rows] == expected, task  # lm_eval writes values as text
