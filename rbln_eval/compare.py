@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import RblnEvalError
 from .evaluation import EvalOptions, evaluate, sample_selection, task_manager_for
+from .families import family_of
 from .store import Bundle
 
 logger = logging.getLogger(__name__)
@@ -124,11 +125,12 @@ def reference_lm(bundle: Bundle, max_length: int | None = None, batch_size: int 
     kwargs: dict[str, Any] = {}
     if revision:
         kwargs["revision"] = revision
-    if max_length and bundle.key.model_class != "seq2seq":
+    family = family_of(bundle.key.model_class)
+    if max_length and family.reference_truncates:
         kwargs["max_length"] = max_length  # truncate like the bundle does
     return HFLM(
         pretrained=pretrained,
-        backend="seq2seq" if bundle.key.model_class == "seq2seq" else "causal",
+        backend=family.hf_backend,
         dtype="float32",
         device=device or reference_device(),
         batch_size=batch_size,

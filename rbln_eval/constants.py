@@ -22,6 +22,8 @@ NPU_ENV = "RBLN_EVAL_NPU"
 
 #: A bundle digest: sha256 in lower-case hex.
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+#: A git commit sha (a Hub revision pinned to a commit).
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 #: A digest prefix.
 HEX_RE = re.compile(r"^[0-9a-f]+$")
 #: The shortest digest prefix a reference may use.
@@ -29,6 +31,7 @@ MIN_PREFIX = 4
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "COMMIT_RE",
     "DEFAULT_STORE",
     "DIGEST_RE",
     "HEX_RE",

@@ -6,7 +6,6 @@ Hub token is configured (never the token itself).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .devices import DeviceReport, detect, first_free_npu
+from .identity import TOOLCHAIN_PACKAGES, package_version
 from .store import Store
 from .units import human_size
 
-PACKAGES = ("rebel-compiler", "optimum-rbln", "torch", "transformers", "lm-eval")
+#: The toolchain of a bundle's key, and lm_eval, which scores it.
+PACKAGES = (*TOOLCHAIN_PACKAGES, "lm-eval")
 EXAMPLE_TARGET = "RBLN-CA25"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _remotes(store: Store) -> tuple[list[dict[str, Any]], str | None]:
@@ -68,7 +62,7 @@ def collect(store: Store, report: DeviceReport | None = None) -> dict[str, Any]:
     remotes, remotes_problem = _remotes(store)
     default = first_free_npu(report)
     return {
-        "toolchain": {package: _version(package) for package in PACKAGES},
+        "toolchain": {package: package_version(package) for package in PACKAGES},
         "devices": report.to_json(),
         "default_device": None if default is None else f"npu:{default}",
         "store": _store_info(store),

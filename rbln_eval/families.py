@@ -36,6 +36,10 @@ class Family:
     #: transformers' auto-model mapping whose architectures optimum-rbln compiles for this family.
     transformers_mapping: str
     is_encoder_decoder: bool
+    #: lm_eval's ``hf`` model ``backend`` for the same model (the reference of ``compare``).
+    hf_backend: str
+    #: Whether the reference is given the compiled length to truncate to, as the bundle does.
+    reference_truncates: bool
 
     def backend(self, model: Any) -> Any:
         """The device backend over a loaded optimum-rbln model of this family."""
@@ -93,6 +97,8 @@ class CausalFamily(Family):
     auto_class = "RBLNAutoModelForCausalLM"
     transformers_mapping = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
     is_encoder_decoder = False
+    hf_backend = "causal"
+    reference_truncates = True
     length_keys = ("max_seq_len",)
 
     def backend(self, model: Any) -> CausalBackend:
@@ -144,6 +150,8 @@ class Seq2SeqFamily(Family):
     auto_class = "RBLNAutoModelForSeq2SeqLM"
     transformers_mapping = "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"
     is_encoder_decoder = True
+    hf_backend = "seq2seq"
+    reference_truncates = False
     length_keys = ("enc_max_seq_len", "dec_max_seq_len")
 
     def backend(self, model: Any) -> Seq2SeqBackend:

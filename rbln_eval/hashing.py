@@ -1,6 +1,6 @@
 """File hashing with a small persistent cache keyed by path, size and modification time.
 
-A 16 GB checkpoint should be hashed once, not on every run: :func:`file_sha256` remembers each file's
+A 16 GB checkpoint should be hashed once, not on every run: :class:`HashCache` remembers each file's
 digest under ``(absolute path, size, mtime_ns)`` in a JSON file in the user cache directory
 (``$RBLN_EVAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/rbln-eval``, else ``~/.cache/rbln-eval``).
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
+
+from .atomic import write_atomic
+from .constants import CACHE_DIR_ENV
 
 CHUNK_SIZE = 8 * 1024 * 1024
 _MAX_CACHE_ENTRIES = 20_000
@@ -30,7 +32,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def cache_dir() -> Path:
     """Directory for rbln-eval's per-user caches."""
-    explicit = os.environ.get("RBLN_EVAL_CACHE_DIR")
+    explicit = os.environ.get(CACHE_DIR_ENV)
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -86,10 +88,7 @@ class HashCache:
                 on_disk.update(self._dirty)
                 if len(on_disk) > _MAX_CACHE_ENTRIES:
                     on_disk = dict(list(on_disk.items())[-_MAX_CACHE_ENTRIES:])
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hashes.")
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(on_disk, fh)
-                os.replace(tmp, self.path)
+                write_atomic(self.path, json.dumps(on_disk))
             self._dirty.clear()
         except OSError:
             pass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .constants import COMMIT_RE
 from .errors import ConfigError, ModelSourceError
 from .hashing import HashCache
 from .target import resolve_target, simulator_active  # noqa: F401 - part of the identity API
@@ -40,7 +41,6 @@ TOOLCHAIN_PACKAGES = ("rebel-compiler", "optimum-rbln", "torch", "transformers")
 MODEL_FILE_SUFFIXES = frozenset(
     {".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken", ".py", ".gguf"}
 )
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -110,7 +110,7 @@ def _hub_commit_from_cache(repo_id: str, revision: str) -> str | None:
     ref = storage / "refs" / revision
     if ref.is_file():
         return ref.read_text().strip()
-    if _HEX40.match(revision) and (storage / "snapshots" / revision).is_dir():
+    if COMMIT_RE.match(revision) and (storage / "snapshots" / revision).is_dir():
         return revision
     return None
 
@@ -149,7 +149,7 @@ def resolve_source(model: str, revision: str | None = None, token: str | bool | 
     from huggingface_hub import constants
 
     rev = revision or "main"
-    if _HEX40.match(rev):
+    if COMMIT_RE.match(rev):
         return ModelSource(kind="hub", id=model, revision=rev)
     if not constants.is_offline_mode():
         try:
@@ -236,15 +236,17 @@ def normalize_compile_config(config: Mapping[str, Any] | None) -> dict[str, Any]
 # --------------------------------------------------------------------------------------------------
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, ``None`` when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def toolchain_versions() -> dict[str, str | None]:
     """Installed versions of the packages that shape a compiled bundle (``None`` when absent)."""
-    versions: dict[str, str | None] = {}
-    for name in TOOLCHAIN_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: package_version(name) for name in TOOLCHAIN_PACKAGES}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,9 +35,8 @@ from urllib.parse import quote, unquote
 from filelock import FileLock, Timeout
 
 from .atomic import publish_dir, write_atomic
-from .constants import DEFAULT_STORE, DIGEST_RE, HEX_RE, MIN_PREFIX, STORE_ENV
+from .constants import DEFAULT_STORE, DIGEST_RE, HEX_RE, STORE_ENV
 from .errors import (
-    AmbiguousReferenceError,
     BuildFailedError,
     BundleNotFoundError,
     CorruptBundleError,
@@ -46,6 +45,7 @@ from .errors import (
 )
 from .hashing import sha256_file
 from .identity import BundleKey
+from .refs import is_digest, match_reference
 
 logger = logging.getLogger(__name__)
 
@@ -378,36 +378,23 @@ class Store:
         """A bundle by full digest, alias, bundle directory path or unique digest prefix."""
         ref = ref.strip()
         if not ref:
-            raise BundleNotFoundError("empty bundle reference: pass a digest, a digest prefix, an alias or a path")
-        if DIGEST_RE.match(ref):
-            bundle = self.lookup(ref)
-            if bundle is None:
-                raise BundleNotFoundError(f"no bundle {ref[:12]} in store {self.root}: see `rbln-eval ls`")
-            return bundle
-        digest = self.read_ref(ref)
-        if digest is not None:
-            bundle = self.lookup(digest)
-            if bundle is None:
-                raise BundleNotFoundError(
-                    f"alias {ref!r} points to bundle {digest[:12]}, which is not in store {self.root}; "
-                    "rebuild it or run `rbln-eval gc` to drop the alias"
-                )
-            return bundle
+            raise BundleNotFoundError("empty bundle reference", "pass a digest, a digest prefix, an alias or a path")
         path = Path(ref).expanduser()
-        if (path / MANIFEST_NAME).is_file():
+        if not is_digest(ref) and self.read_ref(ref) is None and (path / MANIFEST_NAME).is_file():
             return Bundle.open(path)
-        if HEX_RE.match(ref.lower()):
-            if len(ref) < MIN_PREFIX:
-                raise BundleNotFoundError(f"digest prefix {ref!r} is too short: give at least {MIN_PREFIX} characters")
-            matches = [d for d in self.digests() if d.startswith(ref.lower())]
-            if len(matches) > 1:
-                shown = ", ".join(m[:12] for m in matches[:5])
-                raise AmbiguousReferenceError(
-                    f"digest prefix {ref!r} matches {len(matches)} bundles ({shown}): give more characters"
-                )
-            if matches:
-                return self.lookup(matches[0])  # type: ignore[return-value]
-        raise BundleNotFoundError(f"no bundle matches {ref!r} in store {self.root}: see `rbln-eval ls`")
+        aliased = self.read_ref(ref)
+        digest = match_reference(ref, self.digests(), lambda _: [] if aliased is None else [aliased], "")
+        if aliased is not None and digest == aliased and self.lookup(aliased) is None:
+            raise BundleNotFoundError(
+                f"alias {ref!r} points to bundle {aliased[:12]}, which is not in store {self.root}",
+                "rebuild it or run `rbln-eval gc` to drop the alias",
+            )
+        bundle = self.lookup(digest) if digest is not None else None
+        if bundle is not None:
+            return bundle
+        if is_digest(ref):
+            raise BundleNotFoundError(f"no bundle {ref[:12]} in store {self.root}", "see `rbln-eval ls`")
+        raise BundleNotFoundError(f"no bundle matches {ref!r} in store {self.root}", "see `rbln-eval ls`")
 
     def bundles(self) -> Iterator[tuple[str, Bundle | CorruptBundleError]]:
         """``(digest, bundle)`` for every stored bundle; a damaged one comes back as its error."""

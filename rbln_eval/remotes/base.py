@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ..constants import DIGEST_RE, HEX_RE, MIN_PREFIX
+from ..constants import MIN_PREFIX
 from ..errors import CorruptBundleError, RblnEvalError
+from ..refs import match_reference
 from ..store import Bundle, Manifest, Store
 
 INDEX_SCHEMA = 1
@@ -84,6 +85,13 @@ def parse_remote_manifest(text: bytes | str, where: str, expected_digest: str | 
     return manifest
 
 
+def check_listed_manifest(text: bytes, found: RemoteBundle, where: str) -> Manifest:
+    """The manifest of a bundle a remote's index lists: it must hash as the index says and be that bundle's."""
+    if found.manifest_sha256 and sha256_text(text) != found.manifest_sha256:
+        raise BundleRefusedError(f"refused {where}: its manifest does not match the index; nothing was stored")
+    return parse_remote_manifest(text, where, found.digest)
+
+
 def sha256_text(text: bytes | str) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
@@ -129,20 +137,9 @@ def match_index(
     index: dict[str, Any], ref: str, where: str, make: Callable[[str, dict[str, Any]], RemoteBundle]
 ) -> RemoteBundle | None:
     """Find ``ref`` (full digest, unique prefix of at least 4 characters, or alias) in an index."""
-    bundles: dict[str, Any] = index.get("bundles", {})
+    bundles = {d: e for d, e in index.get("bundles", {}).items() if isinstance(e, dict)}
     ref = ref.strip()
-    if DIGEST_RE.match(ref):
-        entry = bundles.get(ref)
-        return make(ref, entry) if isinstance(entry, dict) else None
-    aliased = [d for d, e in bundles.items() if isinstance(e, dict) and e.get("alias") == ref]
-    if len(aliased) == 1:
-        return make(aliased[0], bundles[aliased[0]])
-    if HEX_RE.match(ref.lower()) and len(ref) >= MIN_PREFIX:
-        matches = sorted(d for d in bundles if d.startswith(ref.lower()))
-        if len(matches) > 1:
-            raise RemoteError(f"{ref!r} matches {len(matches)} bundles on {where}: give more characters")
-        if matches:
-            return make(matches[0], bundles[matches[0]])
-    if len(aliased) > 1:
-        raise RemoteError(f"alias {ref!r} names {len(aliased)} bundles on {where}: use a digest")
-    return None
+    if len(ref) < MIN_PREFIX and not any(e.get("alias") == ref for e in bundles.values()):
+        return None  # too short to be a prefix, and no alias: another remote may know it
+    digest = match_reference(ref, bundles, lambda alias: sorted(d for d, e in bundles.items() if e.get("alias") == alias), f" on {where}")
+    return None if digest is None else make(digest, bundles[digest])

@@ -11,13 +11,12 @@ Order matters: lookups before compile ask the remotes in this order.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
 from ..store import Store
 from .base import RemoteConfigError
 
@@ -90,11 +89,7 @@ def load_specs(store: Store) -> list[RemoteSpec]:
 
 
 def save_specs(store: Store, specs: list[RemoteSpec]) -> None:
-    store.root.mkdir(parents=True, exist_ok=True)
-    target = store.root / CONFIG_NAME
-    scratch = store.root / f".{CONFIG_NAME}.{secrets.token_hex(4)}.tmp"
-    scratch.write_text(json.dumps({"remotes": [s.to_json() for s in specs]}, indent=2) + "\n")
-    os.replace(scratch, target)
+    write_atomic(store.root / CONFIG_NAME, json.dumps({"remotes": [s.to_json() for s in specs]}, indent=2) + "\n")
 
 
 def add_spec(store: Store, spec: RemoteSpec) -> None:

@@ -13,23 +13,22 @@ A push copies the bundle into ``tmp/``, checks every file against the manifest, 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from ..atomic import write_atomic
 from ..store import MANIFEST_NAME, Bundle, Store
 from .base import (
     BundleRefusedError,
     RemoteBundle,
     RemoteError,
+    check_listed_manifest,
     dump_index,
     index_entry,
     match_index,
     parse_index,
-    parse_remote_manifest,
-    sha256_text,
 )
 from .progress import copy_file, transfer
 
@@ -92,9 +91,7 @@ class DirectoryRemote:
             text = (source / MANIFEST_NAME).read_bytes()
         except OSError as exc:
             raise RemoteError(f"remote {self.name}: cannot read {source / MANIFEST_NAME} ({exc.strerror})") from None
-        if found.manifest_sha256 and sha256_text(text) != found.manifest_sha256:
-            raise BundleRefusedError(f"refused {where}: its manifest does not match the index; nothing was stored")
-        manifest = parse_remote_manifest(text, where, found.digest)
+        manifest = check_listed_manifest(text, found, where)
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source).as_posix()
             if path.is_symlink() or not (path.is_file() or path.is_dir()):
@@ -139,13 +136,7 @@ class DirectoryRemote:
             if index["bundles"].get(digest) == entry:
                 return
             index["bundles"][digest] = entry
-            target = self.root / INDEX_NAME
-            scratch = self.root / f".{INDEX_NAME}.{secrets.token_hex(4)}.tmp"
-            with open(scratch, "w") as fh:
-                fh.write(dump_index(index))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(scratch, target)
+            write_atomic(self.root / INDEX_NAME, dump_index(index))
 
 
 __all__ = ["DirectoryRemote", "INDEX_NAME"]

@@ -17,24 +17,24 @@ first (409/412). Everything goes through huggingface_hub; it reads ``HF_ENDPOINT
 from __future__ import annotations
 
 import random
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..constants import COMMIT_RE
 from ..store import MANIFEST_NAME, Bundle, Store
 from .base import (
     BundleRefusedError,
     RemoteBundle,
     RemoteError,
+    check_listed_manifest,
     dump_index,
     empty_index,
     index_entry,
     match_index,
     parse_index,
     parse_remote_manifest,
-    sha256_text,
 )
 from .progress import copy_file, tqdm_into, transfer
 
@@ -42,7 +42,6 @@ INDEX_NAME = "rbln-eval-index.json"
 BRANCH_PREFIX = "bundle-"
 #: Files the Hub itself puts in a repo; tolerated next to a bundle's files.
 HUB_FILES = frozenset({".gitattributes"})
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _ATTEMPTS = 8
 T = TypeVar("T")
 
@@ -169,7 +168,7 @@ class HubRemote:
             revision=revision,
             location=f"{self.location}@{revision}",
             manifest_sha256=entry.get("manifest_sha256"),
-            commit=commit if isinstance(commit, str) and _COMMIT.match(commit) else None,
+            commit=commit if isinstance(commit, str) and COMMIT_RE.match(commit) else None,
             size=entry.get("size"),
             alias=entry.get("alias"),
         )
@@ -210,10 +209,8 @@ class HubRemote:
         with hub_errors(where):
             manifest_path = self._download(MANIFEST_NAME, revision)
         text = manifest_path.read_bytes()
-        if found.manifest_sha256 is not None and sha256_text(text) != found.manifest_sha256:
-            raise BundleRefusedError(f"refused {where}: its manifest does not match the index; nothing was stored")
-        manifest = parse_remote_manifest(text, where, found.digest)
-        commit = manifest_path.parent.name if _COMMIT.match(manifest_path.parent.name) else revision
+        manifest = check_listed_manifest(text, found, where)
+        commit = manifest_path.parent.name if COMMIT_RE.match(manifest_path.parent.name) else revision
         if not constants.HF_HUB_OFFLINE:
             with hub_errors(where):
                 listed = set(self._api().list_repo_files(self.repo, revision=commit))

@@ -62,8 +62,7 @@ __all__ = [
     "sim_target",
 ]
 
-ENV_SIMULATE = "RBLN_EVAL_SIMULATE"
-ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
+from ._env import ENV_LATENCY_MS, ENV_SIMULATE  # noqa: E402
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}

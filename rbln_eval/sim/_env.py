@@ -1,9 +1,22 @@
-"""Numeric settings of the simulator, read from the environment at use."""
+"""The simulator's settings: the names of its environment variables, and how numbers are read from them."""
 
 from __future__ import annotations
 
 import os
 from typing import Callable, TypeVar
+
+#: Serve the ``rebel`` SDK from the simulator (``1``; ``force`` even beside a real SDK).
+ENV_SIMULATE = "RBLN_EVAL_SIMULATE"
+#: Devices of a simulated node (default 8).
+ENV_DEVICES = "RBLN_EVAL_SIM_DEVICES"
+#: The simulated NPU's name (default ``RBLN-CA25``).
+ENV_NPU = "RBLN_EVAL_SIM_NPU"
+#: Device time of every runtime call, in milliseconds (default 0).
+ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
+#: Amplitude of ``amplitude * sin(i)`` added to every output, so that a tolerance check can be seen to fail.
+ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
+#: A JSON file the process writes its per-graph call counters to at exit.
+ENV_COUNTERS_FILE = "RBLN_EVAL_SIM_COUNTERS_FILE"
 
 Number = TypeVar("Number", int, float)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["ENV_COUNTERS_FILE", "format_counters", "record", "reset", "snapshot"]
 
-ENV_COUNTERS_FILE = "RBLN_EVAL_SIM_COUNTERS_FILE"
+from ._env import ENV_COUNTERS_FILE  # noqa: E402
 
 _lock = threading.Lock()
 _counters: dict[str, dict[str, Any]] = {}

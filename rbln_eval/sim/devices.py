@@ -27,8 +27,7 @@ __all__ = [
     "resolve_devices",
 ]
 
-ENV_DEVICES = "RBLN_EVAL_SIM_DEVICES"
-ENV_NPU = "RBLN_EVAL_SIM_NPU"
+from ._env import ENV_DEVICES, ENV_NPU  # noqa: E402
 DEFAULT_DEVICES = 8
 DEFAULT_NPU = "RBLN-CA25"
 _NPU_PATTERN = re.compile(r"^RBLN-(CA|CR)\d{1,2}$")

@@ -38,10 +38,6 @@ class ParityReport:
     first_token_seconds: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def worst_diff(self) -> float:
-        return max(self.max_abs_diff.values(), default=0.0)
-
     def assert_ok(self, atol: float = 1e-4) -> None:
         bad = {k: v for k, v in self.max_abs_diff.items() if not v <= atol}
         wrong = [k for k, ok in self.tokens_equal.items() if not ok]

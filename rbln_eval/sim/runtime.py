@@ -15,8 +15,7 @@ from .compiled import RBLNCompiledModel, _torch_dtype
 
 __all__ = ["ENV_LATENCY_MS", "Runtime"]
 
-ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
-ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
+from ._env import ENV_LATENCY_MS, ENV_PERTURB  # noqa: E402
 
 
 def _latency_seconds() -> float:

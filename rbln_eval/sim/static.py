@@ -58,10 +58,6 @@ class StaticPool:
                 shared[key] = self._weights.setdefault(identity, tensor)
         return shared
 
-    def allocated_bytes(self) -> int:
-        with self._lock:
-            return sum(t.numel() * t.element_size() for t in self._buffers.values())
-
 
 _pools_lock = threading.Lock()
 _pools: dict[str, list[weakref.ReferenceType[StaticPool]]] = {}
