@@ -122,7 +122,7 @@ def _hub_commit_online(repo_id: str, revision: str, token: str | bool | None) ->
     try:
         info = HfApi().model_info(repo_id, revision=revision, token=token)
     except RevisionNotFoundError:
-        raise ModelSourceError(f"revision {revision!r} not found in {repo_id}: check --revision") from None
+        raise ModelSourceError(f"revision {revision!r} not found in {repo_id}", "check {revision}") from None
     except RepositoryNotFoundError:
         raise ModelSourceError(
             f"model {repo_id!r} not found on the Hub (or it is private): check the id or set HF_TOKEN"
@@ -141,7 +141,7 @@ def resolve_source(model: str, revision: str | None = None, token: str | bool | 
     path = Path(model).expanduser()
     if path.is_dir():
         if revision:
-            raise ModelSourceError(f"--revision applies to Hub models, but {model} is a local directory")
+            raise ModelSourceError(f"applies to Hub models, but {model} is a local directory", option="revision")
         return ModelSource(kind="local", id=str(path.resolve()), digest=local_model_digest(path))
     if path.exists() or model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
         raise ModelSourceError(f"{model} is neither a model directory nor a Hub model id (org/name)")

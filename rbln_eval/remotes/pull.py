@@ -46,7 +46,7 @@ def pull_ref(ref: str, store: Store, remotes: list[Remote]) -> Pulled:
         if found is not None:
             return _fetch(remote, found, store)
     names = ", ".join(r.name for r in remotes)
-    raise RemoteError(f"no bundle matches {ref!r} on {names}: see `rbln-eval remote ls --bundles`")
+    raise RemoteError(f"no bundle matches {ref!r} on {names}", "see `rbln-eval remote ls --bundles`")
 
 
 def _fetch(remote: Remote, found: RemoteBundle, store: Store) -> Pulled:
