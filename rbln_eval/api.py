@@ -104,13 +104,26 @@ def open_executor(
     device: Any = None,
     devices: str | None = None,
     data_parallel: int | None = None,
+    ray: str | None = None,
 ) -> "Executor":
     """Replicas of ``bundle``: one in this process, or a worker per device group when there are several.
 
     ``device`` places one replica (``npu:2``, ``0-3``); ``devices`` (``0-7``) are split into replicas of
-    the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs.
+    the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs. With ``ray``
+    (a cluster address, or ``auto``) the K replicas are Ray actors of ``{"RBLN": tp}`` each, placed by Ray.
     """
     from .devices import plan_replicas
+
+    if ray:
+        if device is not None or devices:
+            raise ConfigError("places replicas itself", "drop {device} and {devices}, or drop {ray}", option="ray")
+        if data_parallel is not None and data_parallel < 1:
+            raise ConfigError(f"must be a positive integer, got {data_parallel}", option="data_parallel")
+        from .parallel import PoolExecutor
+        from .ray_executor import RayTransport
+
+        transport = RayTransport(None if ray == "local" else ray, bundle.key.tensor_parallel)
+        return PoolExecutor(bundle, [[] for _ in range(data_parallel or 1)], transport)
 
     groups = plan_replicas(bundle.key.tensor_parallel, devices, data_parallel, device=device)
     if groups is not None and len(groups) > 1:
@@ -128,6 +141,7 @@ def open_lm(
     device: Any = None,
     devices: str | None = None,
     data_parallel: int | None = None,
+    ray: str | None = None,
     compiled_now: bool = False,
     **lm_args: Any,
 ) -> "RBLNLM":
@@ -135,7 +149,7 @@ def open_lm(
     from .lm import RBLNLM
 
     RBLNLM.check_args(lm_args)  # before any device is touched
-    executor = open_executor(bundle, device, devices, data_parallel)
+    executor = open_executor(bundle, device, devices, data_parallel, ray)
     try:
         return RBLNLM(executor=executor, compiled_now=compiled_now, **lm_args)
     except BaseException:

@@ -20,6 +20,9 @@ CACHE_DIR_ENV = "RBLN_EVAL_CACHE_DIR"
 #: The NPU to compile for when none is given and none is installed (e.g. ``RBLN-CA25``).
 NPU_ENV = "RBLN_EVAL_NPU"
 
+#: The NPUs this process may use (``4,5,6,7``), as the SDK reads it; Ray sets it for each task and actor.
+RBLN_DEVICES_ENV = "RBLN_DEVICES"
+
 #: A bundle digest: sha256 in lower-case hex.
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 #: A git commit sha (a Hub revision pinned to a commit).
@@ -37,6 +40,7 @@ __all__ = [
     "HEX_RE",
     "MIN_PREFIX",
     "NPU_ENV",
+    "RBLN_DEVICES_ENV",
     "SIMULATE_ENV",
     "SIM_TARGET_PREFIX",
     "STORE_ENV",

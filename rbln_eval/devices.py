@@ -2,18 +2,21 @@
 
 NPUs come from the ``rebel`` SDK (``device_count``, ``get_npu_name``, ``npu_is_available``), enriched with
 ``rbln-stat -j`` when that command is on ``PATH`` (memory, temperature, PCI bus, and the contexts that show
-which devices are busy). CUDA devices come from torch.
+which devices are busy). ``RBLN_DEVICES`` (set by Ray for each task and actor, or by hand) limits the NPUs
+this process may use: the others are reported, but never chosen. CUDA devices come from torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import logging
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .constants import RBLN_DEVICES_ENV
 from .errors import ConfigError, RblnEvalError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class DeviceReport:
     rbln_stat: str | None = None  # path of rbln-stat, if on PATH
     kmd_version: str | None = None
     problems: list[str] = field(default_factory=list)
+    visible: list[int] | None = None  # RBLN_DEVICES, when set: the only NPUs this process may use
 
     @property
     def kind(self) -> str:
@@ -89,8 +93,30 @@ def detect(use_rbln_stat: bool = True) -> DeviceReport:
     _detect_rebel(report)
     if use_rbln_stat:
         _detect_rbln_stat(report)
+    _apply_visible(report)
     _detect_cuda(report)
     return report
+
+
+def visible_npus() -> list[int] | None:
+    """The NPU ids in ``RBLN_DEVICES``, or None when it is unset (every NPU may be used)."""
+    raw = os.environ.get(RBLN_DEVICES_ENV)
+    if raw is None:
+        return None
+    try:
+        return sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"{RBLN_DEVICES_ENV}={raw!r} is not a list of NPU ids", "set it like 0,1,2,3 or unset it") from None
+
+
+def _apply_visible(report: DeviceReport) -> None:
+    """NPUs outside ``RBLN_DEVICES`` stay in the report but are not available to this process."""
+    report.visible = visible_npus()
+    if report.visible is None:
+        return
+    for npu in report.npus:
+        if npu.index not in report.visible:
+            npu.available = False
 
 
 def _detect_rebel(report: DeviceReport) -> None:
@@ -301,6 +327,18 @@ def free_groups(report: DeviceReport, tp: int, count: int) -> list[list[int]]:
     return sorted(groups)
 
 
+def _check_visible(groups: list[list[int]]) -> None:
+    visible = visible_npus()
+    if visible is None:
+        return
+    outside = sorted({d for group in groups for d in group} - set(visible))
+    if outside:
+        raise DevicePlacementError(
+            f"{format_devices(outside)} is outside {RBLN_DEVICES_ENV}={','.join(map(str, visible))}",
+            "choose among those NPUs, or unset " + RBLN_DEVICES_ENV,
+        )
+
+
 def first_free_npu(report: DeviceReport) -> int | None:
     """The first NPU with no memory used and no context (per ``rbln-stat``), else the first NPU; None without NPUs."""
     usable = [npu for npu in report.npus if npu.available]
@@ -327,11 +365,13 @@ def plan_replicas(
     if one is not None:
         if devices or (data_parallel or 1) > 1:
             raise ConfigError("places one replica", "use {devices} (or {data_parallel}) for several", option="device")
+        _check_visible([one])
         return [one]
     if data_parallel is not None and data_parallel < 1:
         raise ConfigError(f"must be a positive integer, got {data_parallel}", option="data_parallel")
     if devices:
         groups = device_groups(parse_device_list(devices), tp)
+        _check_visible(groups)
         if data_parallel is not None and data_parallel != len(groups):
             raise DevicePlacementError(
                 f"{devices} makes {len(groups)} replica(s) of tp={tp}, but {{data_parallel}} is {data_parallel}",

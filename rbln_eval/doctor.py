@@ -89,13 +89,17 @@ def render(data: dict[str, Any], console: Console) -> None:
     rebel = {"sdk": "rebel SDK", "simulator": "rebel simulator (RBLN_EVAL_SIMULATE)", None: "no rebel SDK"}[devices["rebel"]]
     stat = f"rbln-stat at {devices['rbln_stat']}" if devices["rbln_stat"] else "rbln-stat not on PATH"
     p(f"NPUs: {len(npus)} ({rebel}; {stat}" + (f"; KMD {devices['kmd_version']}" if devices["kmd_version"] else "") + ")")
+    if devices.get("visible") is not None:
+        shown = ",".join(str(d) for d in devices["visible"]) or "none"
+        p(f"  RBLN_DEVICES={shown}: this process places replicas only on these NPUs")
     if npus:
         table = Table(box=None, pad_edge=False)
         for column in ("npu", "name", "device", "memory used / total", "temp", "util", "state"):
             table.add_column(column)
         for npu in npus:
             memory = "-" if npu["memory_total"] is None else f"{_size(npu['memory_used'])} / {_size(npu['memory_total'])}"
-            state = "unavailable" if not npu["available"] else ("busy" if npu["busy"] else "free")
+            outside = devices.get("visible") is not None and npu["index"] not in devices["visible"]
+            state = "not in RBLN_DEVICES" if outside else "unavailable" if not npu["available"] else ("busy" if npu["busy"] else "free")
             table.add_row(
                 str(npu["index"]), npu["name"] or "?", npu["device"] or "-", memory,
                 npu["temperature"] or "-", npu["util"] or "-", state,

@@ -72,7 +72,7 @@ class RBLNLM(TemplateLM):
     BUNDLE_ARGS = (
         "artifact", "pretrained", "revision", "trust_remote_code", "rbln_batch_size", "rbln_max_seq_len",
         "rbln_tensor_parallel_size", "export", "store", "remote", "npu", "logits", "device", "devices",
-        "data_parallel",
+        "data_parallel", "ray",
     )
     #: model_args of the scoring itself.
     SCORING_ARGS = ("max_gen_toks", "add_bos_token", "batch_size", "max_batch_size")
@@ -95,6 +95,7 @@ class RBLNLM(TemplateLM):
         device: Any = None,
         devices: str | None = None,
         data_parallel: int | str | None = None,
+        ray: str | None = None,
         max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
         add_bos_token: bool | str | None = None,
         batch_size: Any = None,
@@ -111,7 +112,7 @@ class RBLNLM(TemplateLM):
         if executor is None:
             executor, compiled_now = self._open(
                 artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
-                rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel,
+                rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel, ray,
             )
         self.executor = executor
         self.compiled_now = compiled_now
@@ -141,7 +142,7 @@ class RBLNLM(TemplateLM):
     @staticmethod
     def _open(
         artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
-        rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel,
+        rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel, ray,
     ) -> tuple[Executor, bool]:
         """The bundle named by model_args (compiled through the store with ``export``) and its replicas."""
         from .api import obtain_bundle, open_executor
@@ -164,7 +165,7 @@ class RBLNLM(TemplateLM):
             remotes=remotes, export=as_bool(export, "export"), trust_remote_code=as_bool(trust_remote_code, "trust_remote_code"),
             notify=logger.info,
         )
-        executor = open_executor(obtained.bundle, device, devices, as_int(data_parallel, "data_parallel"))
+        executor = open_executor(obtained.bundle, device, devices, as_int(data_parallel, "data_parallel"), ray or None)
         return executor, obtained.compiled_now
 
     def close(self) -> None:

@@ -63,7 +63,7 @@ class WorkerSpec:
 
     index: int
     bundle_path: str
-    devices: list[int]
+    devices: list[int]  # empty: the worker's RBLN_DEVICES (set by Ray) say where it runs
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)  # the parent's environment when the pool started
 
@@ -75,6 +75,7 @@ class Ready:
     devices: list[int]
     load_seconds: float
     shape: ReplicaShape
+    node: str | None = None  # the Ray node, when the worker is a Ray actor
 
 
 @dataclass(frozen=True)
@@ -198,25 +199,33 @@ def _serve(replica: Replica, conn: Connection, call: Call) -> Results:
     return finished
 
 
-def worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """Entry point of a worker process: load the bundle on ``spec.devices``, then serve calls until told to stop."""
+def load_replica(spec: WorkerSpec) -> tuple[Replica, Ready]:
+    """Load the bundle on the worker's devices (``spec.devices``, else the first ``tp`` of ``RBLN_DEVICES``)."""
+    import torch
+
+    from .devices import visible_npus
+    from .loader import load_bundle
+
+    torch.set_num_threads(spec.threads)  # workers share the host's cores
+    bundle = Bundle.open(Path(spec.bundle_path))
+    devices = list(spec.devices) or (visible_npus() or [])[: bundle.key.tensor_parallel]
+    loaded = load_bundle(bundle, device=devices or None)
+    replica = Replica(loaded)
+    return replica, Ready(_runtime_devices(loaded.model, devices), loaded.load_seconds, replica.shape, _node_id())
+
+
+def _node_id() -> str | None:
+    """The Ray node this worker runs on (None outside Ray)."""
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
-        if spec.env:  # a forked worker has its fork server's environment: take the parent's
-            os.environ.clear()
-            os.environ.update(spec.env)
-        import torch
+        import ray
 
-        from .loader import load_bundle
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - not on Ray
+        return None
 
-        torch.set_num_threads(spec.threads)  # K workers share the host's cores
 
-        loaded = load_bundle(Bundle.open(Path(spec.bundle_path)), device=list(spec.devices))
-        replica = Replica(loaded)
-        conn.send(Ready(_runtime_devices(loaded.model, spec.devices), loaded.load_seconds, replica.shape))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(Failed.of(exc))
-        return
+def serve_calls(replica: Replica, conn: Any) -> None:
+    """Serve :class:`Call` messages on ``conn`` (``send``/``recv``/``poll``) until :class:`Stop` or the parent is gone."""
     while True:
         try:
             message = conn.recv()
@@ -235,6 +244,21 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         conn.send(Done(results, replica.backend.counters.as_dict(), time.monotonic() - started))
 
 
+def worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    """Entry point of a worker process: load the bundle on ``spec.devices``, then serve calls until told to stop."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+        if spec.env:  # a forked worker has its fork server's environment: take the parent's
+            os.environ.clear()
+            os.environ.update(spec.env)
+        replica, ready = load_replica(spec)
+        conn.send(ready)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(Failed.of(exc))
+        return
+    serve_calls(replica, conn)
+
+
 # --------------------------------------------------------------------------------------------------
 # Parent side
 # --------------------------------------------------------------------------------------------------
@@ -243,16 +267,50 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
 @dataclass
 class _Worker:
     spec: WorkerSpec
-    process: Any
-    conn: Connection
+    handle: Any  # the transport's: (process, connection), or a Ray actor and its pending reply
     ready: Ready | None = None
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     requests: int = 0
     busy_seconds: float = 0.0
 
     @property
+    def process(self) -> Any:
+        """The worker's process (workers of :class:`ProcessTransport`)."""
+        return self.handle[0]
+
+    @property
     def where(self) -> str:
-        return f"worker {self.spec.index} on {format_devices(self.spec.devices)}"
+        devices = self.spec.devices or (self.ready.devices if self.ready else [])
+        place = format_devices(devices) if devices else "its RBLN_DEVICES"
+        node = f" of node {self.ready.node[:8]}" if self.ready and self.ready.node else ""
+        return f"worker {self.spec.index} on {place}{node}"
+
+
+class WorkerGone(Exception):
+    """A worker can no longer be reached; ``reason`` says how it ended."""
+
+    def __init__(self, worker: _Worker, reason: str) -> None:
+        super().__init__(reason)
+        self.worker = worker
+        self.reason = reason
+
+
+class Transport:
+    """How the dispatcher reaches its workers: start them, send to one, hear from any, stop them all."""
+
+    def start(self, specs: Sequence[WorkerSpec]) -> list[_Worker]:
+        raise NotImplementedError
+
+    def send(self, worker: _Worker, message: Any) -> None:
+        """Send ``message``; :class:`WorkerGone` if the worker is gone."""
+        raise NotImplementedError
+
+    def receive(self, workers: Sequence[_Worker], timeout: float | None) -> tuple[_Worker, Any] | None:
+        """The next message from any of ``workers`` (None after ``timeout``); :class:`WorkerGone` on a death."""
+        raise NotImplementedError
+
+    def stop(self, workers: Sequence[_Worker]) -> None:
+        raise NotImplementedError
 
 
 def _exit_text(code: int | None) -> str:
@@ -279,36 +337,99 @@ def _worker_context() -> Any:
     return context
 
 
+class ProcessTransport(Transport):
+    """Worker processes on this machine, one pipe each."""
+
+    def start(self, specs: Sequence[WorkerSpec]) -> list[_Worker]:
+        context = _worker_context()
+        workers = []
+        for spec in specs:
+            parent_conn, child_conn = context.Pipe()
+            process = context.Process(
+                target=worker_main, args=(child_conn, spec), name=f"rbln-eval-worker-{spec.index}", daemon=True
+            )
+            process.start()
+            child_conn.close()
+            workers.append(_Worker(spec, (process, parent_conn)))
+        return workers
+
+    def send(self, worker: _Worker, message: Any) -> None:
+        process, conn = worker.handle
+        try:
+            conn.send(message)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._gone(worker) from None
+
+    def receive(self, workers: Sequence[_Worker], timeout: float | None) -> tuple[_Worker, Any] | None:
+        waiting = [w.handle[1] for w in workers] + [w.handle[0].sentinel for w in workers]
+        ready = wait(waiting, timeout=timeout)
+        if not ready:
+            return None
+        for worker in workers:
+            process, conn = worker.handle
+            if conn in ready or conn.poll():
+                try:
+                    return worker, conn.recv()
+                except (EOFError, OSError):
+                    pass
+            if process.sentinel in ready or not process.is_alive():
+                raise self._gone(worker)
+        return self.receive(workers, timeout)
+
+    @staticmethod
+    def _gone(worker: _Worker) -> WorkerGone:
+        process = worker.handle[0]
+        process.join(1.0)
+        return WorkerGone(worker, _exit_text(process.exitcode))
+
+    def stop(self, workers: Sequence[_Worker]) -> None:
+        for worker in workers:
+            process, conn = worker.handle
+            if process.is_alive():
+                try:
+                    conn.send(Stop())
+                except (BrokenPipeError, EOFError, OSError):
+                    pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in workers:
+            process, conn = worker.handle
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(2.0)
+            conn.close()
+
+
 def _label(items: Sequence[Work]) -> str:
     return "loglikelihood" if isinstance(items[0], ScoreWork) else "generate_until"
 
 
 class PoolExecutor:
-    """K worker processes, one per device group, started together; :meth:`run` shares a call's items among them."""
+    """K workers started together; :meth:`run` shares a call's items among them, pulled as their rows free up.
 
-    def __init__(self, bundle: Bundle, groups: Sequence[Sequence[int]]) -> None:
+    ``groups`` places one worker per device group on this machine (:class:`ProcessTransport`); a
+    ``transport`` such as :class:`~rbln_eval.ray_executor.RayTransport` places them elsewhere, ``groups``
+    then being empty lists (each worker learns its devices where it runs).
+    """
+
+    def __init__(self, bundle: Bundle, groups: Sequence[Sequence[int]], transport: Transport | None = None) -> None:
         if not groups:
             raise RblnEvalError("data parallelism needs at least one device group")
         from .loader import load_tokenizer
 
         started = time.monotonic()
         self.bundle = bundle
-        self.groups = [list(group) for group in groups]
+        self.transport = transport or ProcessTransport()
         self.tokenizer = load_tokenizer(bundle)
         self.workers: list[_Worker] = []
         self.broken: str | None = None
-        context = _worker_context()
-        threads = max(1, (os.cpu_count() or 1) // len(self.groups))
+        threads = max(1, (os.cpu_count() or 1) // len(groups))
+        specs = [
+            WorkerSpec(index, str(bundle.path), list(group), threads, dict(os.environ))
+            for index, group in enumerate(groups)
+        ]
         try:
-            for index, group in enumerate(self.groups):
-                spec = WorkerSpec(index, str(bundle.path), group, threads, dict(os.environ))
-                parent_conn, child_conn = context.Pipe()
-                process = context.Process(
-                    target=worker_main, args=(child_conn, spec), name=f"rbln-eval-worker-{index}", daemon=True
-                )
-                process.start()
-                child_conn.close()
-                self.workers.append(_Worker(spec, process, parent_conn))
+            self.workers = self.transport.start(specs)
             pending = list(self.workers)
             for worker, message in self._messages(pending, "load", STARTUP_TIMEOUT):
                 if not isinstance(message, Ready):
@@ -320,6 +441,7 @@ class PoolExecutor:
         except BaseException:
             self.close()
             raise
+        self.groups = [list(self._ready(worker).devices) for worker in self.workers]
         self.shape = self._ready(self.workers[0]).shape
         self.load_seconds = time.monotonic() - started
 
@@ -340,24 +462,20 @@ class PoolExecutor:
     def _messages(self, workers: Sequence[_Worker], what: str, timeout: float | None = None) -> Iterator[tuple[_Worker, Any]]:
         """Messages from ``workers`` as they arrive; a death, a failure or ``timeout`` without one fails the pool."""
         while True:
-            waiting = [w.conn for w in workers] + [w.process.sentinel for w in workers]
-            ready = wait(waiting, timeout=timeout)
-            if not ready:
+            try:
+                received = self.transport.receive(workers, timeout)
+            except WorkerGone as gone:
+                raise self._fail(
+                    f"{gone.worker.where} died during {what} ({gone.reason}); "
+                    "the evaluation was stopped and no scores were reported"
+                ) from None
+            if received is None:
                 names = ", ".join(w.where for w in workers)
                 raise self._fail(f"{names}: no answer to {what} after {timeout:.0f}s")
-            for worker in workers:
-                if worker.conn in ready or worker.conn.poll():
-                    try:
-                        message = worker.conn.recv()
-                    except (EOFError, OSError):
-                        message = None
-                    if message is not None:
-                        if isinstance(message, Failed):
-                            self._raise_failed(worker, message, what)
-                        yield worker, message
-                        break  # ``workers`` may have changed: wait again
-                if worker.process.sentinel in ready or not worker.process.is_alive():
-                    raise self._died(worker, what)
+            worker, message = received
+            if isinstance(message, Failed):
+                self._raise_failed(worker, message, what)
+            yield worker, message
 
     def _raise_failed(self, worker: _Worker, failed: Failed, what: str) -> None:
         if failed.user_error:
@@ -365,18 +483,13 @@ class PoolExecutor:
         logger.error("%s failed during %s:\n%s", worker.where, what, failed.trace)
         raise self._fail(f"{worker.where} failed during {what}: {failed.name}: {failed.text}", WorkerFailedError)
 
-    def _died(self, worker: _Worker, what: str) -> RblnEvalError:
-        worker.process.join(1.0)
-        return self._fail(
-            f"{worker.where} died during {what} ({_exit_text(worker.process.exitcode)}); "
-            "the evaluation was stopped and no scores were reported"
-        )
-
     def _send(self, worker: _Worker, message: Any, what: str) -> None:
         try:
-            worker.conn.send(message)
-        except (BrokenPipeError, EOFError, OSError):
-            raise self._died(worker, what) from None
+            self.transport.send(worker, message)
+        except WorkerGone as gone:
+            raise self._fail(
+                f"{worker.where} died during {what} ({gone.reason}); the evaluation was stopped and no scores were reported"
+            ) from None
 
     def run(
         self,
@@ -455,6 +568,7 @@ class PoolExecutor:
             "workers": [
                 {
                     "devices": list(self._ready(worker).devices),
+                    **({"node": self._ready(worker).node} if self._ready(worker).node else {}),
                     "load_seconds": round(self._ready(worker).load_seconds, 3),
                     "requests": worker.requests,
                     "busy_seconds": round(worker.busy_seconds, 3),
@@ -466,16 +580,4 @@ class PoolExecutor:
 
     def close(self) -> None:
         """Stop every worker (politely, then by force)."""
-        for worker in self.workers:
-            if worker.process.is_alive():
-                try:
-                    worker.conn.send(Stop())
-                except (BrokenPipeError, EOFError, OSError):
-                    pass
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for worker in self.workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(2.0)
-            worker.conn.close()
+        self.transport.stop(self.workers)

@@ -39,12 +39,15 @@ from ._cli_utils import (
 from .build import compile_options, obtain_model
 
 
-def _open_replicas(bundle: Bundle, device: Any, devices: Optional[str], data_parallel: Optional[int], compiled_now: bool) -> Any:
+def _open_replicas(
+    bundle: Bundle, device: Any, devices: Optional[str], data_parallel: Optional[int], compiled_now: bool,
+    ray: Optional[str] = None,
+) -> Any:
     """The ``rbln`` model over one replica or K worker processes, saying where they were placed."""
     from ..devices import format_devices
 
     with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
-        lm = open_lm(bundle, device=device, devices=devices, data_parallel=data_parallel, compiled_now=compiled_now)
+        lm = open_lm(bundle, device=device, devices=devices, data_parallel=data_parallel, ray=ray, compiled_now=compiled_now)
     groups = lm.executor.groups
     if groups is not None and len(groups) > 1:
         placed = ", ".join(format_devices(group) for group in groups)
@@ -73,6 +76,9 @@ def run_command(
     device: DeviceOpt = None,
     devices: Optional[str] = typer.Option(None, "--devices", help="NPUs to use, split into replicas of the bundle's tp (0-7)."),
     data_parallel: Optional[int] = typer.Option(None, "--data-parallel", help="Replicas, each in its own process on its own NPUs."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Put the --data-parallel replicas on a Ray cluster: its address, or 'auto' for this machine's."
+    ),
     revision: RevisionOpt = None,
     tp: TpOpt = None,
     max_seq_len: MaxSeqLenOpt = None,
@@ -120,7 +126,7 @@ def run_command(
             trust_remote_code=trust_remote_code,
         )
         bundle, compiled_now = obtained.bundle, obtained.compiled_now
-    lm = _open_replicas(bundle, device, devices, data_parallel, compiled_now)
+    lm = _open_replicas(bundle, device, devices, data_parallel, compiled_now, ray)
     try:
         results = evaluate(lm, options, task_manager=manager)
     finally:
@@ -148,8 +154,9 @@ def run_command(
     from ..devices import format_devices
 
     for index, worker in enumerate(info.get("workers") or []):
+        node = f" of node {worker['node'][:8]}" if worker.get("node") else ""
         err.print(
-            f"replica {index} on {format_devices(worker['devices'])}: {worker['requests']} requests, "
+            f"replica {index} on {format_devices(worker['devices'])}{node}: {worker['requests']} requests, "
             f"busy {worker['busy_seconds']:.1f}s"
         )
 

@@ -15,6 +15,8 @@ ENV_NPU = "RBLN_EVAL_SIM_NPU"
 ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
 #: Amplitude of ``amplitude * sin(i)`` added to every output, so that a tolerance check can be seen to fail.
 ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
+#: The devices this process may open, as the SDK reads it (``4,5,6,7``); Ray sets it for each task/actor.
+ENV_VISIBLE_DEVICES = "RBLN_DEVICES"
 #: A JSON file the process writes its per-graph call counters to at exit.
 ENV_COUNTERS_FILE = "RBLN_EVAL_SIM_COUNTERS_FILE"
 

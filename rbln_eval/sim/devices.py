@@ -4,6 +4,7 @@ Configured by environment variables, read on every call so a test can change the
 
 - `RBLN_EVAL_SIM_DEVICES`: number of NPUs in the node (default 8).
 - `RBLN_EVAL_SIM_NPU`: NPU name of every device (default `RBLN-CA25`).
+- `RBLN_DEVICES`: the device ids this process may open (all when unset), as with the real SDK.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ __all__ = [
     "npu_name",
     "normalize_npu",
     "resolve_devices",
+    "visible_devices",
 ]
 
-from ._env import ENV_DEVICES, ENV_NPU  # noqa: E402
+from ._env import ENV_DEVICES, ENV_NPU, ENV_VISIBLE_DEVICES  # noqa: E402
 DEFAULT_DEVICES = 8
 DEFAULT_NPU = "RBLN-CA25"
 _NPU_PATTERN = re.compile(r"^RBLN-(CA|CR)\d{1,2}$")
@@ -55,6 +57,17 @@ def npu_name(index: int | None = None) -> str | None:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < device_count():
         return None
     return _node_npu()
+
+
+def visible_devices() -> set[int] | None:
+    """The ids in `RBLN_DEVICES` (None when unset: every device is visible)."""
+    raw = os.environ.get(ENV_VISIBLE_DEVICES)
+    if raw is None:
+        return None
+    try:
+        return {int(part) for part in raw.split(",") if part.strip()}
+    except ValueError:
+        raise DeviceError(f"{ENV_VISIBLE_DEVICES} must list device ids such as '0,1,2,3', got {raw!r}") from None
 
 
 def normalize_npu(npu: str) -> str:
@@ -85,7 +98,8 @@ def resolve_devices(device: int | list[int] | tuple[int, ...] | None, num_device
         DeviceError: A device does not exist, the count does not match, or the NPU differs.
     """
     if device is None:
-        devices = list(range(num_devices))
+        visible = visible_devices()
+        devices = sorted(visible)[:num_devices] if visible is not None else list(range(num_devices))
     elif isinstance(device, int) and not isinstance(device, bool):
         devices = [device]
     elif isinstance(device, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in device):
@@ -100,7 +114,13 @@ def resolve_devices(device: int | list[int] | tuple[int, ...] | None, num_device
     if len(set(devices)) != len(devices):
         raise DeviceError(f"device list {devices} names a device twice")
     count = device_count()
+    visible = visible_devices()
     for index in devices:
+        if visible is not None and index not in visible:
+            raise DeviceError(
+                f"NPU device {index} is not among this process's devices ({ENV_VISIBLE_DEVICES}="
+                f"{','.join(str(d) for d in sorted(visible))})"
+            )
         name = npu_name(index)
         if name is None:
             raise DeviceError(
