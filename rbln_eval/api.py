@@ -145,13 +145,14 @@ def open_lm(
     compiled_now: bool = False,
     **lm_args: Any,
 ) -> "RBLNLM":
-    """The lm_eval model ``rbln`` over replicas of ``bundle`` (see :func:`open_executor`)."""
-    from .lm import RBLNLM
+    """The lm_eval model of ``bundle``'s family (``rbln``, ``rbln-vlm``) over its replicas (see :func:`open_executor`)."""
+    from .families import family_of
 
-    RBLNLM.check_args(lm_args)  # before any device is touched
+    lm_class = family_of(bundle.key.model_class).load_lm_class()  # rbln, or rbln-vlm for image-text-to-text
+    lm_class.check_args(lm_args)  # before any device is touched
     executor = open_executor(bundle, device, devices, data_parallel, ray)
     try:
-        return RBLNLM(executor=executor, compiled_now=compiled_now, **lm_args)
+        return lm_class(executor=executor, compiled_now=compiled_now, **lm_args)
     except BaseException:
         executor.close()
         raise

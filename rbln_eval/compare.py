@@ -119,22 +119,9 @@ def reference_device() -> str:
 
 def reference_lm(bundle: Bundle, max_length: int | None = None, batch_size: int = 8, device: str | None = None) -> Any:
     """lm_eval's own ``hf`` model for the model behind ``bundle``, in float32."""
-    from lm_eval.models.huggingface import HFLM
-
     pretrained, revision = reference_source(bundle)
-    kwargs: dict[str, Any] = {}
-    if revision:
-        kwargs["revision"] = revision
-    family = family_of(bundle.key.model_class)
-    if max_length and family.reference_truncates:
-        kwargs["max_length"] = max_length  # truncate like the bundle does
-    return HFLM(
-        pretrained=pretrained,
-        backend=family.hf_backend,
-        dtype="float32",
-        device=device or reference_device(),
-        batch_size=batch_size,
-        **kwargs,
+    return family_of(bundle.key.model_class).reference_lm(
+        pretrained, revision, device or reference_device(), max_length, batch_size
     )
 
 
@@ -242,7 +229,7 @@ def run_compare(lm: Any, options: EvalOptions, tolerance: float | None = None, r
         bundle=bundle.digest,
         target=bundle.key.target,
         reference={
-            "model": "hf", "pretrained": pretrained, "revision": revision, "dtype": "float32",
+            "model": family_of(bundle.key.model_class).reference_model, "pretrained": pretrained, "revision": revision, "dtype": "float32",
             "device": str(getattr(ref_lm, "device", "")) or reference_device(),
         },
         tasks=compare_results(ours, ref, tolerance),

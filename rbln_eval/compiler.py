@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from .errors import ConfigError, RblnEvalError
-from .families import FAMILIES, family_of
+from .families import DETECTION_ORDER, FAMILIES, family_of
+from .artifacts_tensors import convert_pickles
 from .identity import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -106,24 +107,14 @@ def _load_config(source: ModelSource, token: str | bool | None, trust_remote_cod
         raise RblnEvalError(f"cannot load the model config of {source.display}: {exc}") from None
 
 
-def supported_model_types(model_class: str) -> list[str]:
-    """Model types optimum-rbln compiles for ``model_class`` (needs the ``rebel`` SDK or the simulator)."""
-    import optimum.rbln as rbln
-    from transformers.models.auto import modeling_auto
-
-    mapping = getattr(modeling_auto, family_of(model_class).transformers_mapping)
-    return sorted(t for t, name in mapping.items() if isinstance(name, str) and hasattr(rbln, f"RBLN{name}"))
-
-
 def detect_model_class(config: Any) -> str:
-    """The model class (``"causal"``, ``"seq2seq"``) of a transformers config, or :class:`UnsupportedModelError`."""
+    """The model class (a family's name) of a transformers config, or :class:`UnsupportedModelError`."""
     model_type = getattr(config, "model_type", None)
     architectures = ", ".join(getattr(config, "architectures", None) or []) or model_type
-    supported = {name: supported_model_types(name) for name in FAMILIES}
-    for name, family in FAMILIES.items():
-        if model_type in supported[name] and bool(getattr(config, "is_encoder_decoder", False)) == family.is_encoder_decoder:
+    for name in DETECTION_ORDER:
+        if FAMILIES[name].matches(config):
             return name
-    listed = "; ".join(f"{name} {', '.join(types)}" for name, types in supported.items())
+    listed = "; ".join(f"{name} {', '.join(family.supported_types())}" for name, family in FAMILIES.items())
     raise UnsupportedModelError(
         f"architecture {architectures} (model_type {model_type!r}) is not a causal or seq2seq LM that optimum-rbln "
         f"compiles; supported: {listed}"
@@ -191,11 +182,12 @@ def compile_into(
     """
     import optimum.rbln as rbln
 
-    auto_cls = getattr(rbln, family_of(model_class).auto_class)
+    family = family_of(model_class)
+    auto_cls = getattr(rbln, family.auto_class)
     load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.kind == "hub":
         load_kwargs.update(revision=source.revision, token=token)
-    config = {**dict(rbln_config), "npu": npu, "create_runtimes": False}
+    config = {**family.compiler_config(dict(rbln_config)), "npu": npu, "create_runtimes": False}
     log.write(f"rbln-eval: compiling {source.display} as {model_class} for {npu} with {json.dumps(dict(rbln_config), sort_keys=True)}\n")
     log.flush()
     started = time.monotonic()
@@ -204,7 +196,10 @@ def compile_into(
             source.id, export=True, rbln_config=config, model_save_dir=str(directory), **load_kwargs
         )
         _save_tokenizer(source, directory, load_kwargs)
+        family.save_extras(source.id, directory, load_kwargs, log)
     del model
+    for name in convert_pickles(directory):
+        log.write(f"rbln-eval: {name} stored as safetensors (no pickles in bundles)\n")
     log.write(f"rbln-eval: compiled in {time.monotonic() - started:.1f}s\n")
     log.flush()
 

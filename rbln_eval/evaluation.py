@@ -105,7 +105,7 @@ def evaluate(lm: RBLNLM, options: EvalOptions, task_manager: Any | None = None) 
     )
     if results is None:
         return None
-    results["config"]["model"] = "rbln"
+    results["config"]["model"] = "rbln-vlm" if getattr(lm, "MULTIMODAL", False) else "rbln"
     results["config"]["model_args"] = f"artifact={lm.bundle.digest}"
     if tracker is not None:
         samples = results.pop("samples", None) if options.log_samples else None

@@ -19,11 +19,21 @@ from .store import Bundle
 
 
 @dataclass(frozen=True)
+class Images:
+    """The images of a prompt, as the processor prepared them (``pixel_values``, …), and their content key."""
+
+    inputs: dict[str, Any]
+    count: int
+    key: str
+
+
+@dataclass(frozen=True)
 class ScoreWork:
     """Score ``continuations`` after one shared ``context``: ``[(logprob, is_greedy), ...]``."""
 
     context: tuple[int, ...]
     continuations: tuple[tuple[int, ...], ...]
+    images: Images | None = None  # a multimodal context: its image features are prefilled with it
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class GenerateWork:
     tokens: tuple[int, ...]
     max_new_tokens: int
     until: tuple[str, ...]
+    images: Images | None = None
 
 
 Work = ScoreWork | GenerateWork
@@ -75,9 +86,15 @@ class Replica:
 
     def program(self, work: Work) -> Program:
         if isinstance(work, ScoreWork):
-            return self.family.loglikelihood_program(self.backend, work.context, work.continuations)
-        stop = stop_checker(self.tokenizer, work.until)
-        return self.family.greedy_program(self.backend, work.tokens, work.max_new_tokens, stop, self.eos_ids)
+            program = self.family.loglikelihood_program(self.backend, work.context, work.continuations)
+        else:
+            stop = stop_checker(self.tokenizer, work.until)
+            program = self.family.greedy_program(self.backend, work.tokens, work.max_new_tokens, stop, self.eos_ids)
+        if work.images is None:
+            return program
+        from .multimodal_backend import with_images
+
+        return with_images(program, work.images.inputs, work.images.count, work.images.key)
 
     def run(self, items: Any, on_result: Callable[[int, Any], None]) -> None:
         """Run ``items`` (an iterable, consumed as rows free up), reporting ``(position, result)``."""

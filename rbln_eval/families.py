@@ -1,15 +1,19 @@
-"""What differs between model families (causal LMs, encoder-decoder LMs), in one object per family.
+"""What differs between model families (causal LMs, encoder-decoder LMs, vision-language models), in one
+object per family.
 
-A :class:`Family` knows its optimum-rbln auto class, how its compile options are spelled, how a request is
-fitted into the compiled lengths, how a greedy generation is budgeted, how its programs talk to the device,
-and what a job costs in device work. Everything else in rbln-eval asks the family instead of branching on
-the model class, so a new family is one more object here.
+A :class:`Family` knows which configs it compiles and through which optimum-rbln auto class, how its compile
+options are spelled, what a bundle carries besides the model, how a request is fitted into the compiled
+lengths, how a greedy generation is budgeted, how its programs talk to the device, what a job costs in
+device work, which lm_eval model scores it and what its reference is. Everything else in rbln-eval asks the
+family instead of branching on the model class, so a new family is one more object here.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lm_eval.models.utils import has_bos_prefix
 
@@ -17,6 +21,9 @@ from .backends import CausalBackend, Seq2SeqBackend
 from .engine import Program, causal_greedy_program, causal_loglikelihood_program
 from .engine import seq2seq_greedy_program, seq2seq_loglikelihood_program
 from .shapes import ReplicaShape
+
+if TYPE_CHECKING:
+    from .compiler import CompileOptions
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,57 @@ class Family:
     is_encoder_decoder: bool
     #: lm_eval's ``hf`` model ``backend`` for the same model (the reference of ``compare``).
     hf_backend: str
+    #: The lm_eval model that is the reference.
+    reference_model = "hf"
     #: Whether the reference is given the compiled length to truncate to, as the bundle does.
     reference_truncates: bool
+    #: The lm_eval model that scores bundles of this family (``module:Class``).
+    lm_class = "rbln_eval.lm:RBLNLM"
+    #: Whether a pushed bundle loads as it is with ``from_pretrained(repo, revision=…, export=False)``.
+    hub_loadable = True
+
+    # ---- compiling --------------------------------------------------------------------------------
+    def supported_types(self) -> list[str]:
+        """Model types optimum-rbln compiles for this family (needs the ``rebel`` SDK or the simulator)."""
+        import optimum.rbln as rbln
+        from transformers.models.auto import modeling_auto
+
+        mapping = getattr(modeling_auto, self.transformers_mapping)
+        return sorted(t for t, name in mapping.items() if isinstance(name, str) and hasattr(rbln, f"RBLN{name}"))
+
+    def matches(self, model_config: Any) -> bool:
+        """Whether ``model_config`` is a model of this family that optimum-rbln compiles."""
+        return (
+            getattr(model_config, "model_type", None) in self.supported_types()
+            and bool(getattr(model_config, "is_encoder_decoder", False)) == self.is_encoder_decoder
+        )
+
+    def rbln_config(self, options: "CompileOptions", model_config: Any) -> dict[str, Any]:
+        """The compile-time rbln_config of ``options`` for this model, default lengths filled in."""
+        config = options.rbln_config(self.name)
+        for name, length in self.default_lengths(model_config).items():
+            config.setdefault(name, length)
+        return config
+
+    def compiler_config(self, rbln_config: dict[str, Any]) -> dict[str, Any]:
+        """What of a key's compile config is passed to optimum-rbln (all of it, unless key-only)."""
+        return dict(rbln_config)
+
+    def save_extras(self, model_id: str, directory: Path, load_kwargs: dict[str, Any], log: Any) -> None:
+        """Files the bundle needs besides optimum-rbln's and the tokenizer."""
+
+    def load_lm_class(self) -> type:
+        module, _, name = self.lm_class.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
+        """lm_eval's own model for the same weights in float32: the reference of ``rbln-eval compare``."""
+        from lm_eval.models.huggingface import HFLM
+
+        kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+        if max_length and self.reference_truncates:
+            kwargs["max_length"] = max_length  # truncate like the bundle does
+        return HFLM(pretrained=pretrained, backend=self.hf_backend, dtype="float32", device=device, batch_size=batch_size, **kwargs)
 
     def backend(self, model: Any) -> Any:
         """The device backend over a loaded optimum-rbln model of this family."""
@@ -191,7 +247,56 @@ class Seq2SeqFamily(Family):
         return seq2seq_greedy_program(backend, tokens, max_new_tokens, backend.max_length, stop, eos_token_ids)
 
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (CausalFamily(), Seq2SeqFamily())}
+class VisionLanguageFamily(CausalFamily):
+    """Image-text-to-text models: a vision tower and projector feeding a causal language model's prefill.
+
+    Requests are those of a causal LM, plus images: the backend turns them into input embeddings before the
+    prefill (:mod:`rbln_eval.multimodal_backend`); scoring is ``rbln-vlm`` (:mod:`rbln_eval.multimodal`).
+    """
+
+    name = "image-text-to-text"
+    auto_class = "RBLNAutoModelForImageTextToText"
+    transformers_mapping = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
+    reference_model = "hf-multimodal"
+    lm_class = "rbln_eval.multimodal:RBLNVLM"
+    hub_loadable = False  # its torch artifacts travel as safetensors: the loader rebuilds what optimum-rbln reads
+
+    def backend(self, model: Any) -> Any:
+        from .multimodal_backend import vision_language_backend
+
+        return vision_language_backend(model)
+
+    def matches(self, model_config: Any) -> bool:
+        from .multimodal_compile import is_vision_language
+
+        return is_vision_language(model_config)
+
+    def rbln_config(self, options: "CompileOptions", model_config: Any) -> dict[str, Any]:
+        from .multimodal_compile import complete_config, text_submodule, vlm_rbln_config
+
+        return complete_config(vlm_rbln_config(options, text_submodule(model_config)), model_config)
+
+    def compiler_config(self, rbln_config: dict[str, Any]) -> dict[str, Any]:
+        from .multimodal_compile import KEY_ONLY_FIELDS
+
+        return {k: v for k, v in rbln_config.items() if k not in KEY_ONLY_FIELDS}
+
+    def save_extras(self, model_id: str, directory: Path, load_kwargs: dict[str, Any], log: Any) -> None:
+        from .multimodal_compile import save_processor
+
+        save_processor(model_id, directory, load_kwargs, log)
+
+    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
+        from .multimodal_reference import multimodal_reference_lm
+
+        return multimodal_reference_lm(pretrained, revision, device, max_length)
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (CausalFamily(), Seq2SeqFamily(), VisionLanguageFamily())
+}
+#: The order in which :func:`rbln_eval.compiler.detect_model_class` asks the families.
+DETECTION_ORDER = ("image-text-to-text", "causal", "seq2seq")
 
 
 def family_of(model_class: str) -> Family:

@@ -25,7 +25,7 @@ from .target import resolve_target, simulator_active  # noqa: F401 - part of the
 
 SCHEMA_VERSION = 1
 KEY_FIELDS = ("schema", "source", "model_class", "compile", "toolchain", "target")
-MODEL_CLASSES = ("causal", "seq2seq")
+MODEL_CLASSES = ("causal", "seq2seq", "image-text-to-text")
 
 #: optimum-rbln options that only affect how a compiled model is loaded, never what is compiled.
 RUNTIME_ONLY_KEYS = frozenset({"create_runtimes", "device", "device_map", "activate_profiler", "timeout"})
@@ -39,7 +39,7 @@ TOOLCHAIN_PACKAGES = ("rebel-compiler", "optimum-rbln", "torch", "transformers")
 
 #: Files of a local model directory that define the model: weights, config, tokenizer, custom code.
 MODEL_FILE_SUFFIXES = frozenset(
-    {".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken", ".py", ".gguf"}
+    {".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken", ".py", ".gguf", ".jinja"}
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 

@@ -32,6 +32,7 @@ class LoadedBundle:
     tokenizer: Any
     model_class: str
     load_seconds: float
+    processor: Any = None  # image-text-to-text bundles: the image processor and chat template
 
 
 def check_compatible(bundle: Bundle) -> None:
@@ -69,6 +70,10 @@ def check_compatible(bundle: Bundle) -> None:
                 bundle.digest[:12], package, key.toolchain.get(package), installed.get(package),
             )
     pickles = [name for name in bundle.manifest.files if name.endswith(PICKLE_SUFFIXES)]
+    pickles += sorted(  # also files dropped into the directory after publishing: optimum-rbln would read them
+        path.relative_to(bundle.path).as_posix() for path in bundle.path.rglob("*")
+        if path.name.endswith(PICKLE_SUFFIXES) and path.relative_to(bundle.path).as_posix() not in bundle.manifest.files
+    )
     if pickles:
         raise IncompatibleBundleError(
             f"bundle {bundle.digest[:12]} contains pickled files ({', '.join(pickles)}); "
@@ -95,6 +100,14 @@ def load_bundle(bundle: Bundle, device: int | Sequence[int] | None = None) -> Lo
         devices = [device] if isinstance(device, int) else list(device)
         kwargs["rbln_device"] = devices[0] if len(devices) == 1 else devices
     started = time.monotonic()
-    model = auto_cls.from_pretrained(str(bundle.path), export=False, **kwargs)
+    from .artifacts_tensors import prepare_load_dir
+
+    path = prepare_load_dir(bundle)  # the bundle, or a local view with optimum-rbln's artifacts rebuilt
+    model = auto_cls.from_pretrained(str(path), export=False, **kwargs)
     tokenizer = load_tokenizer(bundle)
-    return LoadedBundle(bundle, model, tokenizer, model_class, time.monotonic() - started)
+    processor = None
+    if model_class == "image-text-to-text":
+        from .multimodal_compile import load_processor
+
+        processor = load_processor(bundle.path)
+    return LoadedBundle(bundle, model, tokenizer, model_class, time.monotonic() - started, processor)

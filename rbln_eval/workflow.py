@@ -32,7 +32,11 @@ class CompileRequest:
 
     @property
     def alias(self) -> str:
-        tag = " ".join(f"{k}={v}" for k, v in self.key.compile.items() if k in ("batch_size", "max_seq_len", "num_devices", "logits_to_keep"))
+        fields = dict(self.key.compile)
+        for nested in ("language_model", "text_model"):  # image-text-to-text: the language model's settings
+            if isinstance(fields.get(nested), dict):
+                fields = {**fields, **{k: v for k, v in fields[nested].items() if k != "batch_size"}}
+        tag = " ".join(f"{k}={fields[k]}" for k in ("batch_size", "logits_to_keep", "max_seq_len", "num_devices") if k in fields)
         short = tag.replace("batch_size=", "bs").replace("max_seq_len=", "len").replace("num_devices=", "tp")
         short = short.replace("logits_to_keep=0", "all").replace("logits_to_keep=1", "last").replace(" ", "-")
         model = self.source.id if self.source.kind == "hub" else self.source.display.split("@")[0]
@@ -51,9 +55,7 @@ def plan_compile(
     """Resolve ``model`` and ``options`` to a bundle key without compiling anything."""
     source = resolve_source(model, revision, token=token)
     model_class, config = inspect_model(source, token=token, trust_remote_code=trust_remote_code)
-    rbln_config = options.rbln_config(model_class)
-    for name, length in family_of(model_class).default_lengths(config).items():
-        rbln_config.setdefault(name, length)
+    rbln_config = family_of(model_class).rbln_config(options, config)
     target = resolve_target(npu)
     key = BundleKey.build(source, model_class, rbln_config, target)
     return CompileRequest(source, model_class, key.compile, target, key)

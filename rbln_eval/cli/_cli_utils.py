@@ -64,6 +64,8 @@ def split_tasks(tasks: str) -> list[str]:
 
 
 def config_summary(config: dict[str, Any], width: int = 48) -> str:
+    # image-text-to-text keys: the image settings are key-only (shown by show/explain), submodules go last
+    config = dict(sorted(((k, v) for k, v in config.items() if k != "image"), key=lambda kv: isinstance(kv[1], dict)))
     text = " ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in config.items())
     return text if len(text) <= width else text[: width - 1] + "…"
 

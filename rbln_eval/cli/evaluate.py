@@ -249,6 +249,7 @@ def lm_eval_command(ctx: typer.Context) -> None:
     import lm_eval.__main__ as lm_eval_main
 
     from .. import lm as _registers_rbln  # noqa: F401
+    from .. import multimodal as _registers_rbln_vlm  # noqa: F401
 
     sys.argv = ["lm_eval", *ctx.args]
     lm_eval_main.cli_evaluate()

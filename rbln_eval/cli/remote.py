@@ -42,8 +42,12 @@ def push_command(
         err.print(f"{bundle.digest[:12]} is already on {target.location}: nothing uploaded", markup=False)
     out.print(f"{bundle.digest}  {pushed.location}", markup=False)
     if target.kind == "hf":
-        cls = family_of(bundle.key.model_class).auto_class
-        err.print(f'load it with: {cls}.from_pretrained("{target.repo}", revision="{pushed.revision}", export=False)', markup=False)
+        family = family_of(bundle.key.model_class)
+        if family.hub_loadable:
+            hint = f'{family.auto_class}.from_pretrained("{target.repo}", revision="{pushed.revision}", export=False)'
+        else:  # its torch artifacts travel as safetensors
+            hint = f"rbln-eval pull {bundle.digest[:12]}, then rbln-eval run (or {family.auto_class} on its load view)"
+        err.print(f"load it with: {hint}", markup=False)
 
 
 def pull_command(

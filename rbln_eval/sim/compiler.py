@@ -126,6 +126,14 @@ def compile(  # noqa: A001 - mirrors the SDK's name
     """
     if input_info is None:
         raise ValueError("input_info is required")
+    if input_info and all(isinstance(i, list) and i and isinstance(i[0], (list, tuple)) for i in input_info):
+        # one graph per input shape (Qwen2-VL's vision tower, one per max_seq_len): one shape is supported
+        if len(input_info) != 1:
+            raise ValueError(
+                f"the simulator compiles one input shape per model, got {len(input_info)} "
+                "(e.g. a vision tower's max_seq_len list): compile with a single max_seq_len"
+            )
+        input_info = input_info[0]
     info = _check_input_info(input_info)
     npu = _resolve_npu(npu)
     if num_devices is not None and tensor_parallel_size is not None and num_devices != tensor_parallel_size:
