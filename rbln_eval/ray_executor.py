@@ -26,6 +26,11 @@ _FORWARDED_PREFIXES = ("RBLN_EVAL_", "HF_", "TOKENIZERS_", "OMP_NUM_THREADS")
 STOP_TIMEOUT = 10.0
 
 
+def forwarded_env() -> dict[str, str]:
+    """The environment Ray tasks and actors get from this process (RBLN_DEVICES is Ray's to set)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
+
+
 class RayUnavailableError(RblnEvalError):
     """Ray is not installed, or the cluster cannot be reached."""
 
@@ -116,7 +121,7 @@ class RayTransport(Transport):
 
     def start(self, specs: Sequence[WorkerSpec]) -> list[_Worker]:
         ray = _ray()
-        env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
+        env = forwarded_env()
         actor_class = ray.remote(ReplicaActor)
         workers = []
         for spec in specs:

@@ -1,7 +1,7 @@
 """The ``rbln-eval`` command line: parse, call the library, print.
 
 One module per command group (:mod:`.store`, :mod:`.build`, :mod:`.evaluate`, :mod:`.remote`,
-:mod:`.system`), the option types they share in :mod:`._cli_utils`, and :mod:`._errors`, which turns a
+:mod:`.sweep`, :mod:`.system`), the option types they share in :mod:`._cli_utils`, and :mod:`._errors`, which turns a
 library error into one line on stderr and its exit status (2 for what the user can fix); nothing in the
 store is changed by a command that fails that way.
 """
@@ -16,7 +16,7 @@ import typer
 
 from .. import __version__
 from ..errors import RblnEvalError
-from . import build, evaluate, remote, store, system
+from . import build, evaluate, remote, store, sweep, system
 from ._cli_utils import err, out
 from ._errors import format_error
 
@@ -43,7 +43,7 @@ def _root(
         raise typer.Exit()
 
 
-for _group in (store, build, evaluate, remote, system):
+for _group in (store, build, evaluate, remote, sweep, system):
     _group.register(app)
 
 
