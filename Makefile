@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 OPTIMUM_RBLN := optimum-rbln==0.12.0
 DEMO_STORE := artifacts
 
-.PHONY: install test demo clean
+.PHONY: install install-test test demo clean
 
 install: $(STAMP)
 
@@ -22,7 +23,13 @@ $(STAMP): pyproject.toml requirements/dev.txt requirements/constraints.txt Makef
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
-test: install
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) requirements/test.txt
+	$(PIP) install -q -r requirements/test.txt -c requirements/constraints.txt
+	touch $(TEST_STAMP)
+
+test: install-test
 	$(PY) -m pytest -q
 
 # The embedded demo LM, compiled on the simulator (a second compile or run is a store hit), then scored.

@@ -105,12 +105,14 @@ def open_executor(
     devices: str | None = None,
     data_parallel: int | None = None,
     ray: str | None = None,
+    groups: list[list[int]] | None = None,
 ) -> "Executor":
     """Replicas of ``bundle``: one in this process, or a worker per device group when there are several.
 
     ``device`` places one replica (``npu:2``, ``0-3``); ``devices`` (``0-7``) are split into replicas of
     the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs. With ``ray``
     (a cluster address, or ``auto``) the K replicas are Ray actors of ``{"RBLN": tp}`` each, placed by Ray.
+    ``groups`` is a placement already checked (:func:`rbln_eval.preflight.check_devices`).
     """
     from .devices import plan_replicas
 
@@ -125,7 +127,8 @@ def open_executor(
         transport = RayTransport(None if ray == "local" else ray, bundle.key.tensor_parallel)
         return PoolExecutor(bundle, [[] for _ in range(data_parallel or 1)], transport)
 
-    groups = plan_replicas(bundle.key.tensor_parallel, devices, data_parallel, device=device)
+    if groups is None:
+        groups = plan_replicas(bundle.key.tensor_parallel, devices, data_parallel, device=device)
     if groups is not None and len(groups) > 1:
         from .parallel import PoolExecutor
 
@@ -143,6 +146,7 @@ def open_lm(
     data_parallel: int | None = None,
     ray: str | None = None,
     compiled_now: bool = False,
+    groups: list[list[int]] | None = None,
     **lm_args: Any,
 ) -> "RBLNLM":
     """The lm_eval model of ``bundle``'s family (``rbln``, ``rbln-vlm``) over its replicas (see :func:`open_executor`)."""
@@ -150,7 +154,7 @@ def open_lm(
 
     lm_class = family_of(bundle.key.model_class).load_lm_class()  # rbln, or rbln-vlm for image-text-to-text
     lm_class.check_args(lm_args)  # before any device is touched
-    executor = open_executor(bundle, device, devices, data_parallel, ray)
+    executor = open_executor(bundle, device, devices, data_parallel, ray, groups)
     try:
         return lm_class(executor=executor, compiled_now=compiled_now, **lm_args)
     except BaseException:

@@ -1,19 +1,21 @@
 """The devices of this machine, in priority order NPU → CUDA → CPU, and how replicas are placed on NPUs.
 
 NPUs come from the ``rebel`` SDK (``device_count``, ``get_npu_name``, ``npu_is_available``), enriched with
-``rbln-stat -j`` when that command is on ``PATH`` (memory, temperature, PCI bus, and the contexts that show
-which devices are busy). ``RBLN_DEVICES`` (set by Ray for each task and actor, or by hand) limits the NPUs
-this process may use: the others are reported, but never chosen. CUDA devices come from torch.
+``rbln-smi -j`` (or the deprecated ``rbln-stat -j`` when only that is on ``PATH``): memory, temperature, PCI bus,
+status, and the contexts that show which devices are busy. ``RBLN_DEVICES`` (set by Ray for each task and
+actor, or by hand) limits the NPUs this process may use: the others are reported, but never chosen. CUDA
+devices come from torch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .constants import RBLN_DEVICES_ENV
@@ -21,7 +23,10 @@ from .errors import ConfigError, RblnEvalError
 
 logger = logging.getLogger(__name__)
 
+RBLN_SMI = "rbln-smi"
 RBLN_STAT = "rbln-stat"
+#: Device tools, preferred first: ``rbln-smi`` replaces the deprecated ``rbln-stat`` (same ``-j`` JSON).
+SMI_TOOLS = (RBLN_SMI, RBLN_STAT)
 RBLN_STAT_TIMEOUT = 15.0
 
 
@@ -66,7 +71,8 @@ class DeviceReport:
     npus: list[NpuDevice] = field(default_factory=list)
     cuda: list[CudaDevice] = field(default_factory=list)
     rebel: str | None = None  # "sdk", "simulator" or None (not installed)
-    rbln_stat: str | None = None  # path of rbln-stat, if on PATH
+    rbln_stat: str | None = None  # path of the device tool used (rbln-smi, else rbln-stat), if on PATH
+    smi_tool: str | None = None  # its name
     kmd_version: str | None = None
     problems: list[str] = field(default_factory=list)
     visible: list[int] | None = None  # RBLN_DEVICES, when set: the only NPUs this process may use
@@ -156,24 +162,35 @@ def _detect_cuda(report: DeviceReport) -> None:
         report.problems.append(f"CUDA detection failed: {exc}")
 
 
+def find_smi_tool() -> tuple[str, str] | None:
+    """``(name, path)`` of ``rbln-smi``, else of ``rbln-stat``; ``None`` when neither is on PATH."""
+    for name in SMI_TOOLS:
+        path = shutil.which(name)
+        if path is not None:
+            return name, path
+    return None
+
+
 def run_rbln_stat() -> tuple[str | None, dict[str, Any] | None, str | None]:
-    """``(path, parsed JSON, problem)`` of ``rbln-stat -j``; ``(None, None, None)`` when it is not on PATH."""
-    path = shutil.which(RBLN_STAT)
-    if path is None:
+    """``(path, parsed JSON, problem)`` of ``rbln-smi -j`` (else ``rbln-stat -j``); ``(None, None, None)``
+    when neither is on PATH."""
+    found = find_smi_tool()
+    if found is None:
         return None, None, None
+    name, path = found
     try:
         done = subprocess.run([path, "-j"], capture_output=True, text=True, timeout=RBLN_STAT_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return path, None, f"{RBLN_STAT} -j failed: {exc}"
+        return path, None, f"{name} -j failed: {exc}"
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        return path, None, f"{RBLN_STAT} -j exited with {done.returncode}" + (f": {detail[-1]}" if detail else "")
+        return path, None, f"{name} -j exited with {done.returncode}" + (f": {detail[-1]}" if detail else "")
     try:
         data = json.loads(done.stdout)
     except ValueError as exc:
-        return path, None, f"{RBLN_STAT} -j printed no JSON ({exc})"
+        return path, None, f"{name} -j printed no JSON ({exc})"
     if not isinstance(data, dict):
-        return path, None, f"{RBLN_STAT} -j printed JSON of an unexpected shape"
+        return path, None, f"{name} -j printed JSON of an unexpected shape"
     return path, data, None
 
 
@@ -185,7 +202,9 @@ def _int(value: Any) -> int | None:
 
 
 def apply_rbln_stat(report: DeviceReport, data: dict[str, Any]) -> None:
-    """Merge ``rbln-stat -j`` output into ``report`` (unknown or missing fields are skipped)."""
+    """Merge ``rbln-smi -j`` / ``rbln-stat -j`` output into ``report`` (unknown or missing fields are skipped).
+
+    A device whose ``status`` is given and is not ``normal`` is marked unavailable."""
     report.kmd_version = str(data["KMD_version"]) if data.get("KMD_version") is not None else None
     by_index = {npu.index: npu for npu in report.npus}
     for entry in data.get("devices") or []:
@@ -210,6 +229,9 @@ def apply_rbln_stat(report: DeviceReport, data: dict[str, Any]) -> None:
         npu.memory_used = _int(memory.get("used"))
         npu.memory_total = _int(memory.get("total"))
         npu.util = None if entry.get("util") is None else str(entry.get("util"))
+        status = entry.get("status")
+        if isinstance(status, str) and status.strip() and status.strip().lower() != "normal":
+            npu.available = False
     for context in data.get("contexts") or []:
         index = _int(context.get("npu")) if isinstance(context, dict) else None
         if index in by_index:
@@ -220,6 +242,7 @@ def apply_rbln_stat(report: DeviceReport, data: dict[str, Any]) -> None:
 def _detect_rbln_stat(report: DeviceReport) -> None:
     path, data, problem = run_rbln_stat()
     report.rbln_stat = path
+    report.smi_tool = None if path is None else Path(path).name
     if problem:
         report.problems.append(problem)
     if data is not None:

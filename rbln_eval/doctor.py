@@ -1,6 +1,6 @@
 """``rbln-eval doctor``: what this machine offers for compiling and evaluating (also ``scripts/check_npu.py``).
 
-Toolchain versions, NPUs (``rebel`` and ``rbln-stat``), CUDA devices, the store, its remotes, and whether a
+Toolchain versions, NPUs (``rebel`` and ``rbln-smi``, else ``rbln-stat``), CUDA devices, the store, its remotes, and whether a
 Hub token is configured (never the token itself).
 """
 
@@ -87,7 +87,8 @@ def render(data: dict[str, Any], console: Console) -> None:
     p()
     npus = devices["npus"]
     rebel = {"sdk": "rebel SDK", "simulator": "rebel simulator (RBLN_EVAL_SIMULATE)", None: "no rebel SDK"}[devices["rebel"]]
-    stat = f"rbln-stat at {devices['rbln_stat']}" if devices["rbln_stat"] else "rbln-stat not on PATH"
+    tool = devices.get("smi_tool") or "rbln-stat"
+    stat = f"{tool} at {devices['rbln_stat']}" if devices["rbln_stat"] else "rbln-smi (or rbln-stat) not on PATH"
     p(f"NPUs: {len(npus)} ({rebel}; {stat}" + (f"; KMD {devices['kmd_version']}" if devices["kmd_version"] else "") + ")")
     if devices.get("visible") is not None:
         shown = ",".join(str(d) for d in devices["visible"]) or "none"

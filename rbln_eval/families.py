@@ -182,7 +182,7 @@ class CausalFamily(Family):
             special = {"add_special_tokens": False}
         elif add_bos_token is not None:
             special = {"add_special_tokens": add_bos_token}
-        return list(tokenizer(context, **special)["input_ids"])
+        return list(tokenizer(context, verbose=False, **special)["input_ids"])  # truncation is ours
 
     def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
         return shape.max_length - max_gen
@@ -230,7 +230,7 @@ class Seq2SeqFamily(Family):
         return Fitted(context, continuation, truncated)
 
     def generation_tokens(self, tokenizer: Any, context: str, add_bos_token: bool | None) -> list[int]:
-        return list(tokenizer(context)["input_ids"])
+        return list(tokenizer(context, verbose=False)["input_ids"])
 
     def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
         return int(shape.enc_max_length or shape.max_length)

@@ -151,17 +151,29 @@ def resolve_source(model: str, revision: str | None = None, token: str | bool | 
     rev = revision or "main"
     if COMMIT_RE.match(rev):
         return ModelSource(kind="hub", id=model, revision=rev)
+    from .netfaults import HubUnreachableError, endpoint, network_reason, offline_hint
+
+    unreachable: str | None = None
     if not constants.is_offline_mode():
         try:
             return ModelSource(kind="hub", id=model, revision=_hub_commit_online(model, rev, token))
         except ModelSourceError:
             raise
-        except (OSError, ConnectionError):
-            pass  # no network: fall back to the cache below
+        except Exception as exc:
+            unreachable = network_reason(exc)
+            if unreachable is None:
+                raise
+            # no network: fall back to the cache below
     commit = _hub_commit_from_cache(model, rev)
     if commit is None:
+        if unreachable is not None:
+            raise HubUnreachableError(
+                f"cannot reach the Hub at {endpoint()} ({unreachable}) to resolve {model}@{rev}, "
+                f"and it is not in the HF cache: {offline_hint(False)}"
+            )
         raise ModelSourceError(
-            f"cannot resolve {model}@{rev} offline: it is not in the HF cache; download it once or pass a commit sha"
+            f"cannot resolve {model}@{rev} offline: it is not in the HF cache (HF_HUB_OFFLINE is set); "
+            f"run `rbln-eval prefetch --model {model}` on a connected machine and copy the HF cache, or pass a commit sha"
         )
     return ModelSource(kind="hub", id=model, revision=commit)
 

@@ -201,7 +201,9 @@ class RBLNLM(TemplateLM):
         special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
         if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
             special["add_special_tokens"] = False
-        return self.tokenizer.encode(string, **special)
+        # verbose=False: inputs longer than the compiled length are truncated here (one warning of our own),
+        # so transformers' "Token indices sequence length is longer…" warning does not apply.
+        return self.tokenizer.encode(string, verbose=False, **special)
 
     def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)

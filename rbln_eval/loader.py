@@ -25,6 +25,17 @@ class IncompatibleBundleError(RblnEvalError):
     """The bundle was compiled for another target or toolchain than this machine has."""
 
 
+class RuntimeCreationError(RblnEvalError):
+    """optimum-rbln could not create the bundle's runtimes on the devices (a device or driver fault)."""
+
+    exit_code = 1
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:300]
+
+
 @dataclass
 class LoadedBundle:
     bundle: Bundle
@@ -103,7 +114,18 @@ def load_bundle(bundle: Bundle, device: int | Sequence[int] | None = None) -> Lo
     from .artifacts_tensors import prepare_load_dir
 
     path = prepare_load_dir(bundle)  # the bundle, or a local view with optimum-rbln's artifacts rebuilt
-    model = auto_cls.from_pretrained(str(path), export=False, **kwargs)
+    try:
+        model = auto_cls.from_pretrained(str(path), export=False, **kwargs)
+    except RblnEvalError:
+        raise
+    except Exception as exc:
+        from .devices import format_devices
+
+        where = "the default NPU" if device is None else format_devices([device] if isinstance(device, int) else list(device))
+        raise RuntimeCreationError(
+            f"cannot create the runtimes of bundle {bundle.digest[:12]} on {where}: {type(exc).__name__}: {_first_line(exc)}",
+            "check the NPUs with `rbln-smi` (or `rbln-eval doctor`)",
+        ) from exc
     tokenizer = load_tokenizer(bundle)
     processor = None
     if model_class == "image-text-to-text":

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 900.0
 STOP_TIMEOUT = 10.0
+#: On Ctrl-C the workers get this long to stop before they are terminated (their work is thrown away anyway).
+INTERRUPT_STOP_TIMEOUT = 0.5
 #: A worker asks for more work when fewer items than this wait for a free row.
 PREFETCH = 2
 
@@ -309,7 +311,8 @@ class Transport:
         """The next message from any of ``workers`` (None after ``timeout``); :class:`WorkerGone` on a death."""
         raise NotImplementedError
 
-    def stop(self, workers: Sequence[_Worker]) -> None:
+    def stop(self, workers: Sequence[_Worker], timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every worker: politely for ``timeout`` seconds, then by force."""
         raise NotImplementedError
 
 
@@ -382,7 +385,7 @@ class ProcessTransport(Transport):
         process.join(1.0)
         return WorkerGone(worker, _exit_text(process.exitcode))
 
-    def stop(self, workers: Sequence[_Worker]) -> None:
+    def stop(self, workers: Sequence[_Worker], timeout: float = STOP_TIMEOUT) -> None:
         for worker in workers:
             process, conn = worker.handle
             if process.is_alive():
@@ -390,7 +393,7 @@ class ProcessTransport(Transport):
                     conn.send(Stop())
                 except (BrokenPipeError, EOFError, OSError):
                     pass
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + timeout
         for worker in workers:
             process, conn = worker.handle
             process.join(max(0.0, deadline - time.monotonic()))
@@ -507,6 +510,16 @@ class PoolExecutor:
             raise WorkerDiedError(f"the worker pool is not usable: {self.broken}")
         if not items:
             return []
+        try:
+            return self._run(items, costs, sizes, on_done)
+        except KeyboardInterrupt:
+            self.broken = "interrupted"
+            self.close(INTERRUPT_STOP_TIMEOUT)
+            raise
+
+    def _run(
+        self, items: Sequence[Work], costs: Sequence[int], sizes: Sequence[int], on_done: Callable[[int], None] | None,
+    ) -> list[Any]:
         label = _label(items)
         queue = deque(sorted(range(len(items)), key=lambda i: (-costs[i], i)))
         results: list[Any] = [None] * len(items)
@@ -578,6 +591,6 @@ class PoolExecutor:
             ],
         }
 
-    def close(self) -> None:
-        """Stop every worker (politely, then by force)."""
-        self.transport.stop(self.workers)
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every worker (politely for ``timeout`` seconds, then by force)."""
+        self.transport.stop(self.workers, timeout)

@@ -152,14 +152,14 @@ class RayTransport(Transport):
         worker.handle["pull"] = worker.handle["actor"].pull.remote()
         return worker, message
 
-    def stop(self, workers: Sequence[_Worker]) -> None:
+    def stop(self, workers: Sequence[_Worker], timeout: float = STOP_TIMEOUT) -> None:
         ray = _ray()
         for worker in workers:
             try:
                 self.send(worker, Stop())
             except Exception:  # noqa: BLE001 - it may be gone already
                 pass
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + timeout
         for worker in workers:
             try:
                 ray.kill(worker.handle["actor"], no_restart=True)

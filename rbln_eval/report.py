@@ -51,11 +51,26 @@ def _text(cell: dict[str, Any] | None) -> str:
     return "-" if shown is None else f"{shown[0]} {shown[1]:.4g}"
 
 
+def _delta_text(cell: dict[str, Any] | None) -> str:
+    if cell is None or not cell.get("deltas"):
+        return "-"
+    shown = headline(cell.get("metrics") or {})
+    if shown is None:
+        return "-"
+    delta = next((v for k, v in cell["deltas"].items() if k.split(",")[0] == shown[0]), None)
+    return "-" if delta is None else f"{shown[0]} {delta:+.2e}"
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     models, tasks, cells = _table(summary)
     lines = ["# Sweep", "", "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for model in models:
         lines.append(f"| {model} | " + " | ".join(_text(cells.get((model, task))) for task in tasks) + " |")
+    if any(c.get("deltas") for c in summary["cells"]):
+        lines += ["", "Δ against the HF reference (ours − reference, same samples):", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for model in models:
+            lines.append(f"| {model} | " + " | ".join(_delta_text(cells.get((model, task))) for task in tasks) + " |")
     failed = [c for c in summary["cells"] if c["status"] == "failed"]
     done = sum(1 for c in summary["cells"] if c["status"] in ("done", "cached"))
     lines += ["", f"{done} of {len(summary['cells'])} cells scored, {len(failed)} failed; {summary['compiled']} bundle(s) compiled.", ""]

@@ -448,19 +448,26 @@ class Store:
             if bundle is not None:
                 return BuildResult(bundle, built=False)
         self.ensure_writable()
-        with self._locked(digest, on_wait):
-            if not force:
-                bundle = self.lookup(digest)
-                if bundle is not None:
-                    return BuildResult(bundle, built=False)
-            failure = self.failure(digest)
-            if failure is not None and not retry_failed:
-                raise BuildFailedError(
-                    f"the last build of {digest[:12]} failed ({failure.get('error', 'unknown error')}); "
-                    f"see {self.failures_dir / (digest + '.json')}, or retry"
-                )
-            self._clean_tmp(digest)
-            return self._build(key, builder, dict(info or {}), replace=force)
+        lock_path = self.locks_dir / f"{digest}.lock"
+        fresh_lock = not lock_path.exists()
+        try:
+            with self._locked(digest, on_wait):
+                if not force:
+                    bundle = self.lookup(digest)
+                    if bundle is not None:
+                        return BuildResult(bundle, built=False)
+                failure = self.failure(digest)
+                if failure is not None and not retry_failed:
+                    raise BuildFailedError(
+                        f"the last build of {digest[:12]} failed ({failure.get('error', 'unknown error')}); "
+                        f"see {self.failures_dir / (digest + '.json')}, or retry"
+                    )
+                self._clean_tmp(digest)
+                return self._build(key, builder, dict(info or {}), replace=force)
+        except (KeyboardInterrupt, SystemExit):
+            if fresh_lock:  # an interrupted build leaves the store as it was (publishing never relies on the lock)
+                lock_path.unlink(missing_ok=True)
+            raise
 
     def _new_tmp(self, digest: str) -> Path:
         name = f"{digest}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"

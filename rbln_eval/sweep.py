@@ -11,6 +11,7 @@ A plan (YAML) lists models (an id or path, a revision, and ``compile``'s options
     tasks:
       - demo_mc
       - {task: lambada_openai, limit: 200, num_fewshot: 0}
+    reference: hf        # optional: each cell also scored by the model's HF reference, with the deltas
 
 The compile stage keys every model and compiles each distinct key that neither the store nor the remotes
 have, once (with Ray: as a task on any node with CPUs, into the shared store). The eval stage runs each
@@ -92,6 +93,7 @@ class Plan:
     models: list[ModelEntry]
     tasks: list[TaskEntry]
     base: Path  # relative paths in the plan are relative to its file
+    reference: str | None = None  # "hf": score every cell with the model's HF reference too (as ``compare``)
 
 
 def _entry(raw: Any, keys: set[str], main: str, where: str) -> dict[str, Any]:
@@ -118,8 +120,12 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"plan {path} is not valid YAML ({exc})") from None
     if not isinstance(data, dict) or not data.get("models") or not data.get("tasks"):
         raise PlanError(f"plan {path} needs a list of models and a list of tasks")
-    if set(data) - {"models", "tasks"}:
-        raise PlanError(f"plan {path}: unknown top-level field(s) {', '.join(sorted(set(data) - {'models', 'tasks'}))}")
+    top = {"models", "tasks", "reference"}
+    if set(data) - top:
+        raise PlanError(f"plan {path}: unknown top-level field(s) {', '.join(sorted(set(data) - top))}")
+    reference = data.get("reference")
+    if reference not in (None, "hf"):
+        raise PlanError(f"plan {path}: reference must be hf (or left out), got {reference!r}")
     base = path.parent
     models: list[ModelEntry] = []
     for index, raw in enumerate(data["models"]):
@@ -147,7 +153,7 @@ def load_plan(path: str | Path) -> Plan:
             if entry.get(name) is not None and (not isinstance(entry[name], (int, float)) or entry[name] < 0):
                 raise PlanError(f"{path} tasks[{index}]: {name} must be a non-negative number, got {entry[name]!r}")
         tasks.append(TaskEntry(**entry))
-    return Plan(models, tasks, base)
+    return Plan(models, tasks, base, reference)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,6 +176,8 @@ class Cell:
     node: str | None = None
     devices: list[int] = field(default_factory=list)
     error: str | None = None
+    reference: dict[str, Any] = field(default_factory=dict)  # the HF reference's metrics (plan ``reference: hf``)
+    deltas: dict[str, Any] = field(default_factory=dict)  # ours minus the reference's, per metric
 
     @property
     def directory(self) -> str:
@@ -190,7 +198,7 @@ def evaluate_cell(bundle_path: str, settings: dict[str, Any], output: str, log_s
     """Score one cell on one replica (on this process's ``RBLN_DEVICES`` under Ray) and write its results."""
     from .api import open_lm
     from .devices import visible_npus
-    from .evaluation import EvalOptions, evaluate
+    from .evaluation import EvalOptions, evaluate, task_manager_for
 
     bundle = Bundle.open(Path(bundle_path))
     devices = (visible_npus() or [])[: bundle.key.tensor_parallel] or None
@@ -199,10 +207,17 @@ def evaluate_cell(bundle_path: str, settings: dict[str, Any], output: str, log_s
         include_path=settings.get("include_path"), gen_kwargs=settings.get("gen_kwargs"), log_samples=True,
     )
     started = time.monotonic()
+    manager = task_manager_for(options.tasks, options.include_path)
     with open_lm(bundle, device=devices) as lm:
-        results = evaluate(lm, options)
+        results = evaluate(lm, options, task_manager=manager)
         placed = list(lm.executor.groups[0]) if lm.executor.groups else list(range(bundle.key.tensor_parallel))
+        max_length = lm.max_length
     assert results is not None
+    seconds = time.monotonic() - started
+    reference: dict[str, Any] = {}
+    deltas: dict[str, Any] = {}
+    if settings.get("reference") == "hf":
+        reference, deltas = _reference_scores(bundle, options, manager, results, max_length)
     samples = results.pop("samples", {})
     directory = Path(output)
     directory.mkdir(parents=True, exist_ok=True)
@@ -214,9 +229,27 @@ def evaluate_cell(bundle_path: str, settings: dict[str, Any], output: str, log_s
             write_atomic(directory / f"samples_{task}.jsonl", lines)
     write_atomic(directory / CELL_RESULTS, summary_json(results))  # last: its presence means the cell is done
     return {
-        "metrics": _metrics(results, settings["task"]), "seconds": time.monotonic() - started,
-        "devices": placed, "node": _node(),
+        "metrics": _metrics(results, settings["task"]), "seconds": seconds, "devices": placed, "node": _node(),
+        "reference": reference, "deltas": deltas,
     }
+
+
+def _reference_scores(bundle: Bundle, options: Any, manager: Any, ours: dict[str, Any], max_length: int) -> tuple[dict, dict]:
+    """The HF reference's metrics on the same samples, and ours minus theirs (as ``rbln-eval compare``)."""
+    from lm_eval import simple_evaluate
+
+    from .compare import compare_results, reference_lm
+    from .evaluation import sample_selection
+
+    ref = simple_evaluate(model=reference_lm(bundle, max_length=max_length), **sample_selection(options, manager), log_samples=True)
+    if ref is None:
+        raise RblnEvalError("the reference evaluation returned no results")
+    task = options.tasks[0]
+    compared = next(c for c in compare_results(ours, ref, None) if c.task == task)
+    return (
+        {m.metric: m.reference for m in compared.metrics},
+        {m.metric: m.delta for m in compared.metrics},
+    )
 
 
 def _node() -> str | None:
@@ -275,8 +308,9 @@ def run_sweep(
         except RblnEvalError as exc:
             failures[entry.name] = str(exc)
     bundles, compiled = _compile_stage(requests, store, failures, ray=ray, remote=remote, report=report)
+    extra = {"reference": plan.reference} if plan.reference else {}
     cells = [
-        Cell(entry.name, task.task, task.settings(), digest=bundles[entry.name].digest if entry.name in bundles else None)
+        Cell(entry.name, task.task, {**task.settings(), **extra}, digest=bundles[entry.name].digest if entry.name in bundles else None)
         for entry in plan.models
         for task in plan.tasks
     ]
@@ -386,6 +420,7 @@ def _reuse(cell: Cell, output: Path, force: bool) -> None:
     cell.metrics = _metrics(results, cell.task)
     cell.seconds = float(saved.get("seconds") or 0.0)
     cell.node, cell.devices = saved.get("node"), list(saved.get("devices") or [])
+    cell.reference, cell.deltas = dict(saved.get("reference") or {}), dict(saved.get("deltas") or {})
 
 
 def _eval_stage(
@@ -403,10 +438,12 @@ def _eval_stage(
         else:
             cell.status, cell.metrics, cell.seconds = "done", outcome["metrics"], round(outcome["seconds"], 3)
             cell.node, cell.devices = outcome["node"], outcome["devices"]
-            write_atomic(
-                output / "cells" / cell.directory / "cell.json",
-                json.dumps({"key": cell.key, "seconds": cell.seconds, "node": cell.node, "devices": cell.devices}),
-            )
+            cell.reference, cell.deltas = outcome["reference"], outcome["deltas"]
+            record = {
+                "key": cell.key, "seconds": cell.seconds, "node": cell.node, "devices": cell.devices,
+                "reference": cell.reference, "deltas": cell.deltas,
+            }
+            write_atomic(output / "cells" / cell.directory / "cell.json", json.dumps(record))
         done += 1
         report("cells", done, total)
 

@@ -12,6 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The test models are tiny: one thread per process is faster than two fighting over the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray clusters of the tests live on the loopback address only (read when ray is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import rbln_eval.sim as sim  # noqa: E402
 

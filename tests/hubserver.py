@@ -16,11 +16,15 @@ Endpoints (``{repo}`` is ``org/name``, revisions are URL-quoted branch, tag or c
 - ``POST /api/models/{repo}/branch/{branch}``             create_branch (409 if it exists)
 - ``POST /api/models/{repo}/tag/{rev}``                   create_tag (409 if it exists)
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}``               hf_hub_download (ETag, X-Repo-Commit, Range)
+- ``POST /api/models/{repo}/paths-info/{rev}``            get_paths_info (HfFileSystem)
+
+Dataset repos (:meth:`HubServer.create_dataset`) answer the same read routes under ``/api/datasets/{repo}``
+and ``/datasets/{repo}/resolve/…``, which is what ``datasets.load_dataset("org/name")`` uses.
 
 Private repos (and every write) need ``Authorization: Bearer <token>`` when the server has a token.
 Test hooks: :meth:`HubServer.rewrite` (change a file in place, keeping the commit id),
 :attr:`HubServer.drop_after` (cut a download short once),
-:attr:`HubServer.fail_once` (answer one download with an error), :attr:`HubServer.preupload_barrier` (hold
+:attr:`HubServer.fail_once` (answer one download with an error), :attr:`HubServer.delay` (slow downloads down), :attr:`HubServer.preupload_barrier` (hold
 concurrent pushes until all have arrived), and :attr:`HubServer.requests` (every request seen).
 """
 
@@ -32,12 +36,14 @@ import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+DATASET_PREFIX = "datasets/"  # dataset repos are kept in ``HubServer.repos`` under this prefix
 GITATTRIBUTES = b"*.rbln filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -88,6 +94,7 @@ class HubServer:
         self.statuses: list[tuple[str, str, int]] = []
         self.drop_after: dict[str, int] = {}  # path suffix -> bytes to send before cutting the connection once
         self.fail_once: dict[str, int] = {}  # path suffix -> HTTP status to answer the next GET with
+        self.delay: dict[str, float] = {}  # path suffix -> seconds to wait before answering every GET
         self.preupload_barrier: threading.Barrier | None = None
         self._counter = itertools.count()
         self._httpd: ThreadingHTTPServer | None = None
@@ -140,6 +147,11 @@ class HubServer:
             repo.branches["main"] = oid
             self.repos[repo_id] = repo
             return repo
+
+    def create_dataset(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """A public dataset repo holding ``files`` on ``main``; returns its commit."""
+        self.create_repo(DATASET_PREFIX + repo_id)
+        return self.commit(DATASET_PREFIX + repo_id, "main", dict(files), "add dataset")
 
     def commit(self, repo_id: str, branch: str, files: dict[str, bytes | None], message: str, parent: str | None = None) -> str:
         """Apply additions (bytes) and deletions (None) on ``branch``; ``parent`` must be its head."""
@@ -259,16 +271,21 @@ class _Handler(BaseHTTPRequestHandler):
             except HubError as error:  # the Hub's 409 names the existing repo's url
                 return self._json({"error": error.message, "url": f"{hub.url}/{repo_id}"}, error.status)
             return self._json({"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
-        match = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(.*))?$", path)
+        match = re.match(r"^/api/(models|datasets)/([^/]+/[^/]+)(?:/(.*))?$", path)
         if match:
-            return self._api(match.group(1), match.group(2) or "", query)
-        match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+            prefix = DATASET_PREFIX if match.group(1) == "datasets" else ""
+            return self._api(prefix + match.group(2), match.group(3) or "", query)
+        match = re.match(r"^/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if match and self.command in ("GET", "HEAD"):
-            return self._resolve(*match.groups())
+            return self._resolve((match.group(1) or "") + match.group(2), match.group(3), match.group(4))
         raise HubError(404, f"no route for {self.command} {path}")
 
     def _api(self, repo_id: str, rest: str, query: dict[str, list[str]]) -> None:
         hub = self.hub
+        if self.command == "POST" and rest.startswith("paths-info/"):
+            with hub.lock:
+                repo = self._repo(repo_id)
+            return self._paths_info(repo, rest[len("paths-info/"):])
         with hub.lock:
             repo = self._repo(repo_id, write=self.command == "POST")
         if self.command == "GET" and (rest == "" or rest.startswith("revision/")):
@@ -277,6 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             if oid is None:
                 raise HubError(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
             files = sorted(repo.commits[oid].files)
+            repo_id = repo_id.removeprefix(DATASET_PREFIX)
             return self._json({"id": repo_id, "modelId": repo_id, "sha": oid, "private": repo.private,
                                "siblings": [{"rfilename": f} for f in files], "tags": [], "downloads": 0, "likes": 0})
         if self.command == "GET" and rest == "refs":
@@ -344,6 +362,23 @@ class _Handler(BaseHTTPRequestHandler):
         folder_entries = [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "path": f} for f in sorted(folders)]
         self._json(folder_entries + entries)
 
+    def _paths_info(self, repo: Repo, revision: str) -> None:
+        form = parse_qs(self._body().decode())
+        with self.hub.lock:
+            oid = repo.resolve(revision)
+            if oid is None:
+                raise HubError(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
+            files = dict(repo.commits[oid].files)
+        entries: list[dict[str, Any]] = []
+        for wanted in form.get("paths", []):
+            wanted = wanted.strip("/")
+            if wanted in files:
+                data = self.hub.blob(files[wanted])
+                entries.append({"type": "file", "oid": _git_blob_oid(data), "size": len(data), "path": wanted})
+            elif any(path.startswith(wanted + "/") for path in files) or wanted == "":
+                entries.append({"type": "directory", "oid": hashlib.sha1(wanted.encode()).hexdigest(), "path": wanted})
+        self._json(entries)
+
     def _commit(self, repo: Repo, branch: str) -> None:
         lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
         header = next(item["value"] for item in lines if item["key"] == "header")
@@ -388,6 +423,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if path.endswith(suffix):
                     del hub.fail_once[suffix]
                     raise HubError(failure, "Internal Error - We're working hard to fix this as soon as possible!")
+        if self.command == "GET":
+            for suffix, seconds in list(hub.delay.items()):
+                if path.endswith(suffix):
+                    time.sleep(seconds)
         cut = None
         if self.command == "GET":
             for suffix, limit in list(hub.drop_after.items()):

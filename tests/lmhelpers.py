@@ -20,6 +20,11 @@ def demo_bundle(store_root: str, model_class: str, batch_size: int, logits: str 
     return compile_bundle(request, Store(store_root)).bundle
 
 
+def shared_bundle(tmp_path_factory: Any) -> Bundle:
+    """The demo causal bundle (batch 2), compiled once per session into the session's base temp directory."""
+    return demo_bundle(str(tmp_path_factory.getbasetemp() / "shared-store"), "causal", 2)
+
+
 def sample_values(results: dict[str, Any]) -> dict[str, list[Any]]:
     """Per task, every logged sample's raw model responses, in document order."""
     values: dict[str, list[Any]] = {}

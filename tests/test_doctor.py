@@ -40,7 +40,7 @@ def test_doctor_without_npu(store: Path) -> None:
     result = doctor("-m", "rbln_eval", "doctor", "--store", str(store), env={"RBLN_EVAL_SIMULATE": None, "PATH": os.defpath})
     out = result.stdout
     assert "rebel-compiler  not installed" in out
-    assert "NPUs: 0 (no rebel SDK; rbln-stat not on PATH)" in out
+    assert "NPUs: 0 (no rebel SDK; rbln-smi (or rbln-stat) not on PATH)" in out
     assert "no NPU found: bundles can still be compiled for a target, e.g. `rbln-eval compile MODEL --npu RBLN-CA25`" in out
     assert "CUDA: none" in out and "this machine: cpu" in out
     assert f"store: {store} (0 bundle(s)" in out
@@ -83,3 +83,31 @@ def test_check_npu_script_with_rbln_stat(store: Path, tmp_path: Path) -> None:
     assert rows["0"] == ["0", "RBLN-CA25", "rbln0", "2.0", "GB", "/", "16.0", "GB", "41C", "37.5", "busy"]
     assert rows["1"][-1] == "busy" and rows["2"][-1] == "free" and rows["3"][-1] == "free"
     assert "  runs without --device use npu:2 (the first free NPU); choose with --device npu:N" in lines
+
+
+def test_rbln_smi_is_preferred_to_rbln_stat(store: Path, tmp_path: Path) -> None:
+    """With both tools on PATH, rbln-smi's JSON is read (rbln-stat would fail); a device not ``normal`` is unavailable."""
+    data = json.loads(RBLN_STAT_JSON.read_text())
+    for entry in data["devices"]:
+        entry["status"] = "normal"
+    data["devices"][3]["status"] = "error"
+    smi_json = tmp_path / "rbln_smi.json"
+    smi_json.write_text(json.dumps(data))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "rbln-smi"
+    smi.write_text(f"#!/bin/sh\n[ \"$1\" = \"-j\" ] || exit 3\ncat '{smi_json}'\n")
+    stat = bin_dir / "rbln-stat"
+    stat.write_text("#!/bin/sh\necho deprecated >&2\nexit 7\n")
+    for tool in (smi, stat):
+        tool.chmod(0o755)
+    env = {"RBLN_EVAL_SIMULATE": "1", "RBLN_EVAL_SIM_DEVICES": "4", "PATH": f"{bin_dir}{os.pathsep}{os.defpath}"}
+    result = doctor("-m", "rbln_eval", "doctor", "--store", str(store), "--json", env=env)
+    devices = json.loads(result.stdout)["devices"]
+    assert devices["rbln_stat"] == str(smi) and devices["smi_tool"] == "rbln-smi"
+    assert devices["problems"] == []
+    assert [(n["index"], n["available"], n["busy"]) for n in devices["npus"]] == [
+        (0, True, True), (1, True, True), (2, True, False), (3, False, False)
+    ]
+    text = doctor("-m", "rbln_eval", "doctor", "--store", str(store), env=env).stdout
+    assert f"NPUs: 4 (rebel simulator (RBLN_EVAL_SIMULATE); rbln-smi at {smi}; KMD 1.3.73)" in text

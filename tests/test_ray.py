@@ -31,16 +31,12 @@ TASKS = ["demo_mc", "demo_gen"]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """Two nodes of four simulated NPUs each (the head takes the driver's CPU)."""
-    from ray.cluster_utils import Cluster
+    from rayhelpers import start_cluster, stop_cluster
 
     os.environ["RBLN_EVAL_SIM_DEVICES"] = "4"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"RBLN": 4}})
-    cluster.add_node(num_cpus=1, resources={"RBLN": 4})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    cluster = start_cluster({"num_cpus": 1, "resources": {"RBLN": 4}}, {"num_cpus": 1, "resources": {"RBLN": 4}})
     yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    stop_cluster(cluster)
     os.environ.pop("RBLN_EVAL_SIM_DEVICES", None)
 
 
@@ -89,3 +85,20 @@ def test_four_tp2_replicas_on_two_nodes_take_their_rbln_devices(cluster, tp2: Bu
     assert sum(w["requests"] for w in workers) == single["config"]["rbln"]["requests"]
     assert {t: r for t, r in results["results"].items()} == {t: r for t, r in single["results"].items()}
     assert sample_values(results) == sample_values(single)
+
+
+def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) -> None:
+    from sweephelpers import cell_samples, metrics, two_models, write_plan
+
+    from rbln_eval.sweep import load_plan, run_sweep
+
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", two_models()))
+    local = run_sweep(plan, tmp_path / "local", Store(tmp_path / "local-store"))
+    on_ray = run_sweep(plan, tmp_path / "ray", Store(tmp_path / "ray-store"), ray=cluster.address)
+    assert on_ray.compiled == 2 and not on_ray.failed  # compiled as Ray tasks, once per key
+    assert metrics(on_ray) == metrics(local)
+    for cell in local.cells:
+        assert cell_samples(tmp_path / "ray", cell.model, cell.task) == cell_samples(tmp_path / "local", cell.model, cell.task)
+    nodes = {c.node for c in on_ray.cells}
+    assert len(nodes) == 2, nodes  # cells ran side by side on both nodes
+    assert all(len(c.devices) == 1 for c in on_ray.cells)

@@ -119,3 +119,21 @@ def test_bad_plans_are_refused_with_one_line(tmp_path: Path) -> None:
         with pytest.raises(PlanError, match=None) as caught:
             load_plan(path)
         assert expected in str(caught.value), (text, str(caught.value))
+
+
+def test_reference_hf_records_the_references_scores_and_deltas(swept: dict, tmp_path: Path) -> None:
+    import yaml
+
+    plan_path = write_plan(tmp_path / "plan.yaml", two_models()[:1], [TASKS[0], TASKS[3]])
+    plan_path.write_text(yaml.safe_dump({**yaml.safe_load(plan_path.read_text()), "reference": "hf"}))
+    result = run_sweep(load_plan(plan_path), tmp_path / "out", swept["store"])
+    by_task = {c.task: c for c in result.cells}
+    mc, ppl = by_task["demo_mc"], by_task["demo_ppl"]
+    assert mc.status == ppl.status == "done"
+    assert set(mc.reference) >= {"acc,none", "acc_norm,none"} and mc.deltas["acc,none"] == 0.0
+    assert mc.reference["acc,none"] == mc.metrics["acc,none"]
+    assert abs(ppl.deltas["word_perplexity,none"]) <= 1e-4 * ppl.reference["word_perplexity,none"]
+    assert "Δ against the HF reference" in (tmp_path / "out" / "summary.md").read_text()
+    with pytest.raises(PlanError, match="reference must be hf"):
+        plan_path.write_text(plan_path.read_text().replace("reference: hf", "reference: gpu"))
+        load_plan(plan_path)

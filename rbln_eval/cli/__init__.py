@@ -1,9 +1,9 @@
 """The ``rbln-eval`` command line: parse, call the library, print.
 
 One module per command group (:mod:`.store`, :mod:`.build`, :mod:`.evaluate`, :mod:`.remote`,
-:mod:`.sweep`, :mod:`.system`), the option types they share in :mod:`._cli_utils`, and :mod:`._errors`, which turns a
-library error into one line on stderr and its exit status (2 for what the user can fix); nothing in the
-store is changed by a command that fails that way.
+:mod:`.sweep`, :mod:`.system`), the option types they share in :mod:`._cli_utils`, and :mod:`._errors`,
+which turns every failure into one line on stderr and its exit status (2 for what the user can fix, 1 for
+the rest, 130 on Ctrl-C); nothing in the store is changed by a command that fails that way.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Optional
 import typer
 
 from .. import __version__
-from ..errors import RblnEvalError
 from . import build, evaluate, remote, store, sweep, system
 from ._cli_utils import err, out
-from ._errors import format_error
+from ._errors import run_guarded
 
 app = typer.Typer(
     name="rbln-eval",
@@ -37,6 +36,7 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of failures (also RBLN_EVAL_DEBUG=1)."),
 ) -> None:
     if version:
         out.print(f"rbln-eval {__version__}")
@@ -48,13 +48,10 @@ for _group in (store, build, evaluate, remote, sweep, system):
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: user errors become one line on stderr and their exit status."""
+    """Console-script entry point: every failure becomes one line on stderr and an exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        app(args=argv, prog_name="rbln-eval")
-    except RblnEvalError as exc:
-        err.print(format_error(exc), markup=False)
-        sys.exit(exc.exit_code)
+    args = list(sys.argv[1:] if argv is None else argv)
+    run_guarded(lambda arguments: app(args=arguments, prog_name="rbln-eval"), args, err)
 
 
 __all__ = ["app", "main"]

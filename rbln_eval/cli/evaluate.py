@@ -40,14 +40,17 @@ from .build import compile_options, obtain_model
 
 
 def _open_replicas(
-    bundle: Bundle, device: Any, devices: Optional[str], data_parallel: Optional[int], compiled_now: bool,
+    bundle: Bundle, groups: Optional[list[list[int]]], compiled_now: bool, data_parallel: Optional[int] = None,
     ray: Optional[str] = None,
 ) -> Any:
-    """The ``rbln`` model over one replica or K worker processes, saying where they were placed."""
+    """The ``rbln`` model over one replica or K worker processes (or Ray actors), saying where they were placed."""
     from ..devices import format_devices
 
     with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
-        lm = open_lm(bundle, device=device, devices=devices, data_parallel=data_parallel, ray=ray, compiled_now=compiled_now)
+        if ray:
+            lm = open_lm(bundle, data_parallel=data_parallel, ray=ray, compiled_now=compiled_now)
+        else:
+            lm = open_lm(bundle, groups=groups, compiled_now=compiled_now)
     groups = lm.executor.groups
     if groups is not None and len(groups) > 1:
         placed = ", ".join(format_devices(group) for group in groups)
@@ -77,7 +80,7 @@ def run_command(
     devices: Optional[str] = typer.Option(None, "--devices", help="NPUs to use, split into replicas of the bundle's tp (0-7)."),
     data_parallel: Optional[int] = typer.Option(None, "--data-parallel", help="Replicas, each in its own process on its own NPUs."),
     ray: Optional[str] = typer.Option(
-        None, "--ray", help="Put the --data-parallel replicas on a Ray cluster: its address, or 'auto' for this machine's."
+        None, "--ray", help="Put the --data-parallel replicas on a Ray cluster: its address, 'auto' (this machine's cluster) or 'local' (a new one here)."
     ),
     revision: RevisionOpt = None,
     tp: TpOpt = None,
@@ -96,37 +99,43 @@ def run_command(
 
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
-    from ..devices import parse_device
-    from ..evaluation import EvalOptions, evaluate, parse_seed, summary_json, task_manager_for
+    from ..evaluation import EvalOptions, evaluate, parse_seed, summary_json
+    from ..preflight import check_devices, check_eval_options, load_tasks, requested_tp
 
+    # Cheap checks first: options, tasks, their datasets, devices; only then a bundle is loaded or compiled.
     if bool(artifact) == bool(model):
         raise RblnEvalError("pass exactly one of --artifact REF or --model MODEL")
+    check_eval_options(num_fewshot, limit, gen_kwargs)
+    compile_batch = None
+    if model and batch_size is not None:
+        try:
+            compile_batch = int(batch_size)
+        except ValueError:
+            raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
     task_list = split_tasks(tasks)
     options = EvalOptions(
         tasks=task_list, num_fewshot=num_fewshot, limit=limit, output_path=output_path, log_samples=log_samples,
         include_path=include_path, gen_kwargs=gen_kwargs, apply_chat_template=apply_chat_template,
         fewshot_as_multiturn=fewshot_as_multiturn or None, seed=parse_seed(seed), use_cache=use_cache,
     )
-    manager = task_manager_for(task_list, include_path)  # fail on unknown tasks before loading anything
-    parse_device(device)  # and on a malformed device
     st = open_store(store)
+    opts = compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config) if model else None
+    manager = load_tasks(task_list, include_path)
     compiled_now = False
+    groups = None
     if artifact:
         bundle = st.resolve(artifact)
+        if not ray:
+            groups = check_devices(bundle.key.tensor_parallel, device, devices, data_parallel).groups
     else:
-        compile_batch = None
-        if batch_size is not None:
-            try:
-                compile_batch = int(batch_size)
-            except ValueError:
-                raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
-        opts = compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config)
+        if not ray:
+            groups = check_devices(requested_tp(opts), device, devices, data_parallel).groups
         obtained = obtain_model(
             st, model, opts, revision=revision, npu=npu, no_remote=no_remote, remote=remote,  # type: ignore[arg-type]
             trust_remote_code=trust_remote_code,
         )
         bundle, compiled_now = obtained.bundle, obtained.compiled_now
-    lm = _open_replicas(bundle, device, devices, data_parallel, compiled_now, ray)
+    lm = _open_replicas(bundle, groups, compiled_now, data_parallel, ray)
     try:
         results = evaluate(lm, options, task_manager=manager)
     finally:
@@ -180,19 +189,20 @@ def compare_command(
     Example: rbln-eval compare 3f2a9c --tasks hellaswag,arc_easy --limit 200 --tolerance 1e-4
     """
     from ..compare import reference_lm, run_compare
-    from ..devices import parse_device
-    from ..evaluation import EvalOptions, parse_seed, task_manager_for
+    from ..evaluation import EvalOptions, parse_seed
+    from ..preflight import check_devices, check_eval_options, load_tasks
 
     if tolerance is not None and not tolerance >= 0:
         raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
+    check_eval_options(num_fewshot, limit, gen_kwargs)
     options = EvalOptions(
         tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=limit, include_path=include_path,
         gen_kwargs=gen_kwargs, seed=parse_seed(seed), log_samples=True,
     )
-    task_manager_for(options.tasks, include_path)  # fail on unknown tasks before loading anything
-    parse_device(device)
-    bundle = open_store(store).resolve(ref)
-    lm = _open_replicas(bundle, device, None, None, False)
+    st = open_store(store)
+    load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
+    bundle = st.resolve(ref)
+    lm = _open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups, False)
     try:
         with err.status("loading the HF reference…", spinner="dots"):
             reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size)

@@ -13,7 +13,7 @@ from ._cli_utils import RemoteOpt, StoreOpt, err, open_store, out
 def sweep_command(
     plan: Path = typer.Argument(..., help="The plan: a YAML file of models and tasks."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory of the cells' results, summary and report."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on a Ray cluster: its address, or 'auto' for this machine's."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on a Ray cluster: its address, 'auto' (this machine's cluster) or 'local' (a new one here)."),
     store: StoreOpt = None,
     remote: RemoteOpt = None,
     force: bool = typer.Option(False, "--force", help="Score cells again even when their results exist."),

@@ -19,6 +19,8 @@ Other environment variables (read at use):
 - `RBLN_EVAL_SIM_LATENCY_MS`: the device time of every runtime call, in milliseconds: a call returns
   no sooner than this after it started. The simulator's own arithmetic stands for the device's work and
   counts toward it, so K simulated devices run side by side however few host cores compute them.
+- `RBLN_EVAL_SIM_COMPILE_MS`: extra time every graph compile takes, in milliseconds (a compile long
+  enough to interrupt).
 - `RBLN_EVAL_SIM_COUNTERS_FILE`: write the call counters there as JSON at exit.
 - `RBLN_EVAL_SIM_PERTURB` (tests only): add `value * sin(i)` to the i-th element of every
   floating-point runtime output, so scores drift from the reference like a faulty toolchain's would.

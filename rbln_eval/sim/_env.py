@@ -13,6 +13,8 @@ ENV_DEVICES = "RBLN_EVAL_SIM_DEVICES"
 ENV_NPU = "RBLN_EVAL_SIM_NPU"
 #: Device time of every runtime call, in milliseconds (default 0).
 ENV_LATENCY_MS = "RBLN_EVAL_SIM_LATENCY_MS"
+#: Extra host time every compiled graph takes, in milliseconds (a compile long enough to interrupt).
+ENV_COMPILE_MS = "RBLN_EVAL_SIM_COMPILE_MS"
 #: Amplitude of ``amplitude * sin(i)`` added to every output, so that a tolerance check can be seen to fail.
 ENV_PERTURB = "RBLN_EVAL_SIM_PERTURB"
 #: The devices this process may open, as the SDK reads it (``4,5,6,7``); Ray sets it for each task/actor.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import torch
 
 from . import devices
+from ._env import ENV_COMPILE_MS, env_number
 from ._version import SIM_VERSION, sim_target
 from .compiled import RBLNCompiledModel, _dtype_name, _torch_dtype
 from .graph import Captured, capture
 from .static import StaticPool
+
 
 __all__ = ["CompileContext", "compile", "compile_from_torch"]
 
@@ -209,4 +212,8 @@ def compile_from_torch(
     """Capture a torch module (with `torch.export`) and compile it; keyword arguments as `compile`."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"compile_from_torch expects a torch.nn.Module, got {type(module).__name__}")
-    return compile(module, input_info=input_info, **kwargs)
+    compiled = compile(module, input_info=input_info, **kwargs)
+    seconds = env_number(ENV_COMPILE_MS, float, 0.0, "a non-negative number of milliseconds", minimum=0.0) / 1000.0
+    if seconds:
+        time.sleep(seconds)  # a real compile takes minutes: interruptible like one
+    return compiled

@@ -1,0 +1,120 @@
+"""Sweep wall time on 1 vs 2 simulated NPU nodes of Ray, and Ray's start-up against the local worker pool's.
+
+2 models (two compile configs of the demo Llama) × the 4 demo tasks, every device call taking
+``--latency-ms`` of simulated device time. Bundles are compiled first (the compile stage is timed apart);
+then the same cells are scored on a cluster of one node with 2 NPUs and of two such nodes, and every score
+must be identical. Prints a table.
+
+    python scripts/bench_sweep.py --limit 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RBLN_EVAL_SIMULATE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray process on 127.0.0.1
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=40, help="documents per task (default 40)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="simulated device time per call")
+    return parser.parse_args()
+
+
+def plan_file(directory: Path, limit: int) -> Path:
+    import yaml
+
+    from rbln_eval import demo
+
+    model = str(demo.causal_model_dir())
+    tasks = [{"task": name, "limit": limit, "include_path": str(demo.tasks_dir())} for name in demo.TASK_NAMES]
+    plan = {
+        "models": [{"model": model, "name": "llama-bs2", "batch_size": 2}, {"model": model, "name": "llama-bs4", "batch_size": 4}],
+        "tasks": tasks,
+    }
+    path = directory / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def cluster(nodes: int):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    started = time.monotonic()
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"RBLN": 2}, "node_ip_address": "127.0.0.1"})
+    for _ in range(nodes - 1):
+        head.add_node(num_cpus=1, resources={"RBLN": 2}, node_ip_address="127.0.0.1")
+    head.wait_for_nodes()
+    ray.init(address=head.address, log_to_driver=False)
+    return head, time.monotonic() - started
+
+
+def main() -> int:
+    args = parse_args()
+    import ray
+
+    from rbln_eval.store import Store
+    from rbln_eval.sweep import load_plan, run_sweep
+
+    work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    store = Store(work / "store")
+    plan = load_plan(plan_file(work, args.limit))
+    started = time.monotonic()
+    run_sweep(load_plan(plan_file(work, 1)), work / "warm", store)  # compiles both keys, once
+    compile_seconds = time.monotonic() - started
+
+    os.environ["RBLN_EVAL_SIM_DEVICES"] = "2"
+    os.environ["RBLN_EVAL_SIM_LATENCY_MS"] = str(args.latency_ms)
+    rows = []
+    baseline = None
+    for nodes in (1, 2):
+        head, startup = cluster(nodes)
+        try:
+            started = time.monotonic()
+            result = run_sweep(plan, work / f"ray-{nodes}", store, ray=head.address, force=True)
+            wall = time.monotonic() - started
+        finally:
+            ray.shutdown()
+            head.shutdown()
+        if result.failed:
+            print(f"{nodes} node(s): failed cells {[(c.model, c.task, c.error) for c in result.failed]}", file=sys.stderr)
+            return 1
+        scores = {(c.model, c.task): c.metrics for c in result.cells}
+        if baseline is None:
+            baseline = (scores, wall)
+        elif scores != baseline[0]:
+            print(f"{nodes} node(s): scores differ from 1 node", file=sys.stderr)
+            return 1
+        used = len({c.node for c in result.cells})
+        rows.append((nodes, nodes * 2, startup, wall, baseline[1] / wall, used))
+
+    from rbln_eval.api import open_lm
+
+    bundle = store.resolve(next(c.digest for c in result.cells if c.digest))
+    started = time.monotonic()
+    with open_lm(bundle, devices="0,1"):
+        pool_startup = time.monotonic() - started
+
+    print(f"sweep: 2 models x {len(plan.tasks)} demo tasks, limit {args.limit}, {args.latency_ms:g} ms per device call; "
+          f"compile stage {compile_seconds:.1f} s (2 keys)")
+    print(f"{'nodes':>5} | {'NPUs':>4} | {'cluster start s':>15} | {'sweep wall s':>12} | {'speedup':>7} | nodes used")
+    for nodes, npus, startup, wall, speedup, used in rows:
+        print(f"{nodes:>5} | {npus:>4} | {startup:>15.1f} | {wall:>12.1f} | {speedup:>6.2f}x | {used}")
+    print("every cell's scores identical on 1 and 2 nodes")
+    print(f"start-up: Ray cluster of 1 node {rows[0][2]:.1f} s (plus its workers' imports inside the sweep), "
+          f"local pool of 2 workers {pool_startup:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
