@@ -50,12 +50,19 @@ class CausalBackend:
         self.shape = ReplicaShape(self.batch_size, self.max_length, prefill_chunk=self.prefill_chunk, full_logits=self.full_logits)
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
-        length = len(tokens)
+        cache_position = self.prefill_positions(len(tokens))
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long)
+        output = self.model.prefill_decoder(input_ids=input_ids, cache_position=cache_position, batch_idx=row)
+        return self.prefill_logits(output, len(tokens))
+
+    def prefill_positions(self, length: int) -> torch.Tensor:
+        """The cache positions of a prefill of ``length`` tokens, which must fit the compiled length."""
         if not 0 < length <= self.max_length:
             raise ValueError(f"prefill of {length} tokens does not fit the compiled length {self.max_length}")
-        input_ids = torch.tensor([list(tokens)], dtype=torch.long)
-        cache_position = torch.arange(length, dtype=torch.int32).unsqueeze(0)
-        output = self.model.prefill_decoder(input_ids=input_ids, cache_position=cache_position, batch_idx=row)
+        return torch.arange(length, dtype=torch.int32).unsqueeze(0)
+
+    def prefill_logits(self, output: Any, length: int) -> torch.Tensor:
+        """Count a prefill of ``length`` tokens and check it returned the logit rows the bundle keeps."""
         chunks = math.ceil(length / self.prefill_chunk)
         self.counters.add("prefill", chunks, chunks * self.prefill_chunk)
         logits = output.logits[0]

@@ -9,7 +9,6 @@ token ids.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,20 +43,9 @@ class ImagePrompt(Sequence[int]):
         return iter(self.tokens)
 
 
-#: Vision-language models that are themselves the decoder (vision tower as submodule ``visual``, M-RoPE).
-MROPE_TYPES = ("qwen2_vl",)
-
-
-def is_vision_language_model(model: Any) -> bool:
-    """True for a loaded optimum-rbln image-text-to-text model this module drives."""
-    submodules = getattr(getattr(model, "rbln_config", None), "submodules", None) or ()
-    if any(name in submodules for name in TEXT_SUBMODULES):
-        return True
-    return "visual" in submodules and getattr(getattr(model, "config", None), "model_type", None) in MROPE_TYPES
-
-
 def vision_language_backend(model: Any) -> "CausalBackend":
-    """The backend of a loaded vision-language model (see :func:`is_vision_language_model`)."""
+    """The backend of a loaded vision-language model: its language model is a submodule, or the model itself
+    is the decoder (M-RoPE)."""
     submodules = model.rbln_config.submodules
     if any(name in submodules for name in TEXT_SUBMODULES):
         return VisionLanguageBackend(model)
@@ -128,19 +116,10 @@ class VisionLanguageBackend(CausalBackend):
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
         if not isinstance(tokens, ImagePrompt):
             return super().open(row, tokens)
-        length = len(tokens)
-        if not 0 < length <= self.max_length:
-            raise ValueError(f"prefill of {length} tokens does not fit the compiled length {self.max_length}")
+        cache_position = self.prefill_positions(len(tokens))
         embeds = self.embed(tokens)
-        cache_position = torch.arange(length, dtype=torch.int32).unsqueeze(0)
         output = self.model.prefill_decoder(inputs_embeds=embeds, cache_position=cache_position, batch_idx=row)
-        chunks = math.ceil(length / self.prefill_chunk)
-        self.counters.add("prefill", chunks, chunks * self.prefill_chunk)
-        logits = output.logits[0]
-        expected = length if self.full_logits else 1
-        if logits.shape[0] != expected:
-            raise RuntimeError(f"prefill returned {logits.shape[0]} logit rows, expected {expected}")
-        return logits
+        return self.prefill_logits(output, len(tokens))
 
 
 class MultimodalRopeBackend(CausalBackend):
@@ -157,9 +136,7 @@ class MultimodalRopeBackend(CausalBackend):
         self.dtype = model.rbln_config.dtype
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
-        length = len(tokens)
-        if not 0 < length <= self.max_length:
-            raise ValueError(f"prefill of {length} tokens does not fit the compiled length {self.max_length}")
+        cache_position = self.prefill_positions(len(tokens))
         input_ids = torch.tensor([list(tokens)], dtype=torch.long)
         mask = torch.ones_like(input_ids)
         images = tokens.image_inputs if isinstance(tokens, ImagePrompt) else {}
@@ -171,18 +148,11 @@ class MultimodalRopeBackend(CausalBackend):
         if isinstance(tokens, ImagePrompt):
             self.counters.add("vision", tokens.images, tokens.images)
         self.rope_deltas[row] = int(deltas.flatten()[0])
-        cache_position = torch.arange(length, dtype=torch.int32).unsqueeze(0)
         output = self.model.prefill_decoder(
             inputs_embeds=embeds, attention_mask=mask[0], cache_position=cache_position, batch_idx=row,
             position_embed=position_embed,
         )
-        chunks = math.ceil(length / self.prefill_chunk)
-        self.counters.add("prefill", chunks, chunks * self.prefill_chunk)
-        logits = output.logits[0]
-        expected = length if self.full_logits else 1
-        if logits.shape[0] != expected:
-            raise RuntimeError(f"prefill returned {logits.shape[0]} logit rows, expected {expected}")
-        return logits
+        return self.prefill_logits(output, len(tokens))
 
     def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
         if max(positions) >= self.max_length:

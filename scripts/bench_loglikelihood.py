@@ -60,11 +60,17 @@ def token_pairs(lm: RBLNLM, kind: str, instances: list[Any]) -> list[tuple[list[
                 token_list=lm.tok_encode(inst.args[0]), prefix_token=lm.prefix_token_id,
                 max_seq_len=lm.max_length, context_len=1,
             )
-            pairs.extend(lm._fit(*map(list, make_disjoint_window(w))) for w in windows)
+            pairs.extend(fit(lm, *make_disjoint_window(w)) for w in windows)
         else:
             context, continuation = inst.args
-            pairs.append(lm._fit(*map(list, lm._encode_pair(context, continuation))))
+            pairs.append(fit(lm, *lm._encode_pair(context, continuation)))
     return pairs
+
+
+def fit(lm: RBLNLM, context: Any, continuation: Any) -> tuple[list[int], list[int]]:
+    """A request as the bundle's family fits it into the compiled length."""
+    fitted = lm.family.fit(lm.shape, list(context), list(continuation))
+    return fitted.context, fitted.continuation
 
 
 def run_adapter(lm: RBLNLM, kind: str, instances: list[Any]) -> tuple[list[float], dict[str, Any]]:

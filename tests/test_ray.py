@@ -92,10 +92,14 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) 
 
     from rbln_eval.sweep import load_plan, run_sweep
 
-    plan = load_plan(write_plan(tmp_path / "plan.yaml", two_models()))
-    local = run_sweep(plan, tmp_path / "local", Store(tmp_path / "local-store"))
-    on_ray = run_sweep(plan, tmp_path / "ray", Store(tmp_path / "ray-store"), ray=cluster.address)
+    from sweephelpers import TASKS
+
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", two_models(), TASKS[:2]))
+    store = Store(tmp_path / "store")
+    on_ray = run_sweep(plan, tmp_path / "ray", store, ray=cluster.address)
     assert on_ray.compiled == 2 and not on_ray.failed  # compiled as Ray tasks, once per key
+    local = run_sweep(plan, tmp_path / "local", store)  # the same bundles, scored here
+    assert local.compiled == 0
     assert metrics(on_ray) == metrics(local)
     for cell in local.cells:
         assert cell_samples(tmp_path / "ray", cell.model, cell.task) == cell_samples(tmp_path / "local", cell.model, cell.task)
