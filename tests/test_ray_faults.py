@@ -32,10 +32,13 @@ def test_cells_of_a_removed_node_finish_on_another_with_identical_scores(tmp_pat
 
     monkeypatch.setenv("RBLN_EVAL_SIM_DEVICES", "2")
     monkeypatch.setenv("RBLN_EVAL_SIM_LATENCY_MS", "150")  # cells last seconds: long enough to lose a node under them
-    cluster = start_cluster({"num_cpus": 2}, {"num_cpus": 1, "resources": {"RBLN": 2}})  # the head has no NPU
+    # The head has no NPU (RBLN 0: not detected through the simulated rebel either); cells start on the doomed node.
+    cluster = start_cluster({"num_cpus": 2, "resources": {"RBLN": 0}}, {"num_cpus": 1, "resources": {"RBLN": 2}})
     doomed = next(iter(cluster.worker_nodes))
     try:
-        doomed_id = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("RBLN") and n["Alive"])
+        with_npus = [n["NodeID"] for n in ray.nodes() if n["Resources"].get("RBLN") and n["Alive"]]
+        assert len(with_npus) == 1, ray.nodes()
+        doomed_id = with_npus[0]
         outcome: dict = {}
         sweep = threading.Thread(
             target=lambda: outcome.update(result=run_sweep(plan, tmp_path / "ray", store, ray=cluster.address))
@@ -51,10 +54,10 @@ def test_cells_of_a_removed_node_finish_on_another_with_identical_scores(tmp_pat
         assert not sweep.is_alive()
         result = outcome["result"]
         assert not result.failed, [(c.task, c.error) for c in result.failed]
-        spare_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("RBLN"))
-        assert written_by_doomed and spare_id != doomed_id
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("RBLN")}
+        assert written_by_doomed and alive and doomed_id not in alive
         nodes = [c.node for c in result.cells]
-        assert set(nodes) <= {doomed_id, spare_id} and spare_id in nodes, nodes  # the lost cells ran again there
+        assert set(nodes) <= alive | {doomed_id} and set(nodes) & alive, nodes  # the lost cells ran again elsewhere
         assert metrics(result) == metrics(undisturbed)
     finally:
         stop_cluster(cluster)
