@@ -30,7 +30,7 @@ $(TEST_STAMP): $(STAMP) requirements/test.txt
 	touch $(TEST_STAMP)
 
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 # The embedded demo LM, compiled on the simulator (a second compile or run is a store hit), then scored.
 DEMO := RBLN_EVAL_SIMULATE=1 $(VENV)/bin/rbln-eval

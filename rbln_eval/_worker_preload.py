@@ -1,4 +1,5 @@
-"""Imported once by the data-parallel workers' fork server, so that each worker starts without re-importing.
+"""Imported once by the data-parallel workers' fork server, so that each worker starts without re-importing
+(and by a Ray worker before its first cell: :func:`warm`).
 
 Loading a bundle pulls in torch, transformers (its generation and auto-class modules, and what they import),
 optimum.rbln and lm_eval: several seconds per process. A worker forked from a server that holds them starts
@@ -17,6 +18,7 @@ MODULES = (
     "rbln_eval.parallel",  # with rbln_eval: the simulator when RBLN_EVAL_SIMULATE asks for it, then lm_eval
     "rbln_eval.loader",
     "optimum.rbln",
+    "optimum.rbln.transformers.models.auto.modeling_auto",  # what loading a bundle imports (optimum.rbln is lazy)
 )
 
 for _name in MODULES:
@@ -24,3 +26,12 @@ for _name in MODULES:
         importlib.import_module(_name)
     except Exception:  # noqa: BLE001 - the worker imports it again and reports the error itself
         pass
+
+
+def warm() -> None:
+    """Also what scoring a cell imports on first use: lm_eval's evaluator, tasks and metrics."""
+    for name in ("lm_eval.evaluator", "lm_eval.tasks", "lm_eval.api.metrics", "rbln_eval.evaluation", "rbln_eval.sweep"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - imported again, with its error, where it is used
+            pass

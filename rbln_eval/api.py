@@ -147,14 +147,23 @@ def open_lm(
     ray: str | None = None,
     compiled_now: bool = False,
     groups: list[list[int]] | None = None,
+    executor: "Executor | None" = None,
     **lm_args: Any,
 ) -> "RBLNLM":
-    """The lm_eval model of ``bundle``'s family (``rbln``, ``rbln-vlm``) over its replicas (see :func:`open_executor`)."""
+    """The lm_eval model of ``bundle``'s family (``rbln``, ``rbln-vlm``) over its replicas (see :func:`open_executor`).
+
+    ``executor`` gives replicas already started (placement arguments are then not used).
+    """
     from .families import family_of
 
     lm_class = family_of(bundle.key.model_class).load_lm_class()  # rbln, or rbln-vlm for image-text-to-text
-    lm_class.check_args(lm_args)  # before any device is touched
-    executor = open_executor(bundle, device, devices, data_parallel, ray, groups)
+    try:
+        lm_class.check_args(lm_args)  # before any device is touched
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
+    executor = executor or open_executor(bundle, device, devices, data_parallel, ray, groups)
     try:
         return lm_class(executor=executor, compiled_now=compiled_now, **lm_args)
     except BaseException:

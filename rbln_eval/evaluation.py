@@ -89,11 +89,23 @@ def sample_selection(options: EvalOptions, manager: Any) -> dict[str, Any]:
     }
 
 
+def _environment_described_once() -> None:
+    """lm_eval describes the environment in every result (torch's ``collect_env``, which runs ``pip list``:
+    about a second); it does not change within a process, so later evaluations reuse the first description."""
+    import functools
+
+    from torch.utils import collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.lru_cache(maxsize=1)(collect_env.get_pretty_env_info)
+
+
 def evaluate(lm: RBLNLM, options: EvalOptions, task_manager: Any | None = None) -> dict[str, Any] | None:
     """Run ``simple_evaluate`` on ``lm``; save results (and samples) like lm_eval's CLI does."""
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
+    _environment_described_once()
     manager = task_manager or task_manager_for(options.tasks, options.include_path)
     tracker = EvaluationTracker(output_path=options.output_path) if options.output_path else None
     use_cache = None

@@ -19,6 +19,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -66,8 +67,9 @@ class WorkerSpec:
     index: int
     bundle_path: str
     devices: list[int]  # empty: the worker's RBLN_DEVICES (set by Ray) say where it runs
-    threads: int = 1
+    threads: int = 1  # torch's intra-op threads; 0 leaves them as the process has them (OMP_NUM_THREADS)
     env: dict[str, str] = field(default_factory=dict)  # the parent's environment when the pool started
+    source: Any = None  # where the worker's node gets the bundle (``fetch() -> Bundle``), instead of bundle_path
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,9 @@ def load_replica(spec: WorkerSpec) -> tuple[Replica, Ready]:
     from .devices import visible_npus
     from .loader import load_bundle
 
-    torch.set_num_threads(spec.threads)  # workers share the host's cores
-    bundle = Bundle.open(Path(spec.bundle_path))
+    if spec.threads:
+        torch.set_num_threads(spec.threads)  # workers share the host's cores
+    bundle = spec.source.fetch() if spec.source is not None else Bundle.open(Path(spec.bundle_path))
     devices = list(spec.devices) or (visible_npus() or [])[: bundle.key.tensor_parallel]
     loaded = load_bundle(bundle, device=devices or None)
     replica = Replica(loaded)
@@ -298,10 +301,21 @@ class WorkerGone(Exception):
 
 
 class Transport:
-    """How the dispatcher reaches its workers: start them, send to one, hear from any, stop them all."""
+    """How the dispatcher reaches its workers: start them, send to one, hear from any, stop them all.
+
+    A transport whose ``retry_lost`` is true can lose a worker without losing the call: the dispatcher
+    gives the lost worker's unfinished items to the others. One that implements :meth:`add` lets a pool
+    grow while it runs (:meth:`PoolExecutor.grow`).
+    """
+
+    retry_lost = False
 
     def start(self, specs: Sequence[WorkerSpec]) -> list[_Worker]:
         raise NotImplementedError
+
+    def add(self, spec: WorkerSpec) -> _Worker:
+        """Start one more worker; its :class:`Ready` (or its failure) arrives through :meth:`receive`."""
+        raise RblnEvalError(f"{type(self).__name__} cannot add workers to a running pool")
 
     def send(self, worker: _Worker, message: Any) -> None:
         """Send ``message``; :class:`WorkerGone` if the worker is gone."""
@@ -412,10 +426,14 @@ class PoolExecutor:
 
     ``groups`` places one worker per device group on this machine (:class:`ProcessTransport`); a
     ``transport`` such as :class:`~rbln_eval.ray_executor.RayTransport` places them elsewhere, ``groups``
-    then being empty lists (each worker learns its devices where it runs).
+    then being empty lists (each worker learns its devices where it runs). With such a transport the pool
+    can :meth:`grow` while it runs, and a worker that is lost only hands its unfinished items to the others.
     """
 
-    def __init__(self, bundle: Bundle, groups: Sequence[Sequence[int]], transport: Transport | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, groups: Sequence[Sequence[int]], transport: Transport | None = None, source: Any = None,
+    ) -> None:
+        """``source`` (``fetch() -> Bundle``) gets the bundle on each worker's node, when it may have to be pulled there."""
         if not groups:
             raise RblnEvalError("data parallelism needs at least one device group")
         from .loader import load_tokenizer
@@ -425,10 +443,16 @@ class PoolExecutor:
         self.transport = transport or ProcessTransport()
         self.tokenizer = load_tokenizer(bundle)
         self.workers: list[_Worker] = []
+        self.joining: list[_Worker] = []  # added by grow(), not loaded yet
+        self.lost: list[str] = []  # how the workers that were given up on ended
         self.broken: str | None = None
-        threads = max(1, (os.cpu_count() or 1) // len(groups))
+        self._lock = threading.Lock()
+        self._queue: deque[int] = deque()  # the running call's items not handed out yet
+        self._pace: tuple[float, int] = (0.0, 0)  # the running call's start, and its items finished so far
+        self._threads = max(1, (os.cpu_count() or 1) // len(groups))
+        self._source = source
         specs = [
-            WorkerSpec(index, str(bundle.path), list(group), threads, dict(os.environ))
+            WorkerSpec(index, str(bundle.path), list(group), self._threads, dict(os.environ), source)
             for index, group in enumerate(groups)
         ]
         try:
@@ -444,7 +468,6 @@ class PoolExecutor:
         except BaseException:
             self.close()
             raise
-        self.groups = [list(self._ready(worker).devices) for worker in self.workers]
         self.shape = self._ready(self.workers[0]).shape
         self.load_seconds = time.monotonic() - started
 
@@ -454,13 +477,42 @@ class PoolExecutor:
         return worker.ready
 
     @property
+    def groups(self) -> list[list[int]]:
+        """The devices of each loaded worker."""
+        return [list(self._ready(worker).devices) for worker in self.workers]
+
+    @property
     def data_parallel(self) -> int:
         return len(self.workers)
+
+    def pending(self) -> int:
+        """Items of the running call not yet handed to a worker (0 between calls)."""
+        return len(self._queue)
+
+    def remaining_seconds(self) -> float:
+        """How long the running call's items not yet handed out would take at its pace so far (0 if unknown)."""
+        started, finished = self._pace
+        waiting = len(self._queue)
+        if not waiting or not finished:
+            return 0.0
+        return waiting * (time.monotonic() - started) / finished
+
+    def grow(self) -> None:
+        """Start one more worker; it joins the running call (or the next one) once it has loaded."""
+        with self._lock:
+            index = len(self.workers) + len(self.joining) + len(self.lost)
+            spec = WorkerSpec(index, str(self.bundle.path), [], self._threads, dict(os.environ), self._source)
+            self.joining.append(self.transport.add(spec))
 
     def _fail(self, message: str, cls: type[RblnEvalError] = WorkerDiedError) -> RblnEvalError:
         self.broken = message
         self.close()
         return cls(message)
+
+    def _died(self, gone: WorkerGone, what: str) -> RblnEvalError:
+        return self._fail(
+            f"{gone.worker.where} died during {what} ({gone.reason}); the evaluation was stopped and no scores were reported"
+        )
 
     def _messages(self, workers: Sequence[_Worker], what: str, timeout: float | None = None) -> Iterator[tuple[_Worker, Any]]:
         """Messages from ``workers`` as they arrive; a death, a failure or ``timeout`` without one fails the pool."""
@@ -468,10 +520,7 @@ class PoolExecutor:
             try:
                 received = self.transport.receive(workers, timeout)
             except WorkerGone as gone:
-                raise self._fail(
-                    f"{gone.worker.where} died during {what} ({gone.reason}); "
-                    "the evaluation was stopped and no scores were reported"
-                ) from None
+                raise self._died(gone, what) from None
             if received is None:
                 names = ", ".join(w.where for w in workers)
                 raise self._fail(f"{names}: no answer to {what} after {timeout:.0f}s")
@@ -490,9 +539,20 @@ class PoolExecutor:
         try:
             self.transport.send(worker, message)
         except WorkerGone as gone:
-            raise self._fail(
-                f"{worker.where} died during {what} ({gone.reason}); the evaluation was stopped and no scores were reported"
-            ) from None
+            raise self._died(gone, what) from None
+
+    def _joined(self, worker: _Worker, message: Any) -> bool:
+        """Handle a message of a worker added by :meth:`grow`; True once it is loaded and one of the pool."""
+        with self._lock:
+            self.joining.remove(worker)
+            if isinstance(message, Ready) and message.shape == self.shape:
+                worker.ready = message
+                self.workers.append(worker)
+                return True
+            reason = message.text if isinstance(message, Failed) else f"sent {type(message).__name__} while loading"
+            self.lost.append(f"{worker.where}: {reason}")
+        logger.warning("an added replica did not start (%s); the pool goes on without it", reason)
+        return False
 
     def run(
         self,
@@ -516,54 +576,103 @@ class PoolExecutor:
             self.broken = "interrupted"
             self.close(INTERRUPT_STOP_TIMEOUT)
             raise
+        finally:
+            self._queue, self._pace = deque(), (0.0, 0)
 
     def _run(
         self, items: Sequence[Work], costs: Sequence[int], sizes: Sequence[int], on_done: Callable[[int], None] | None,
     ) -> list[Any]:
         label = _label(items)
-        queue = deque(sorted(range(len(items)), key=lambda i: (-costs[i], i)))
+        queue = self._queue = deque(sorted(range(len(items)), key=lambda i: (-costs[i], i)))
+        self._pace = (time.monotonic(), 0)
         results: list[Any] = [None] * len(items)
         received = [False] * len(items)
+        held: dict[int, set[int]] = {}  # worker index -> items sent to it whose results have not come back
         batch = max(1, self.shape.batch_size)
+        active: list[_Worker] = []
 
         def portion(worker: _Worker, count: int) -> Items:
             chosen = [queue.popleft() for _ in range(min(count, len(queue)))]
             worker.requests += sum(sizes[i] for i in chosen)
+            held.setdefault(worker.spec.index, set()).update(chosen)
             return [(i, items[i]) for i in chosen]
 
         def accept(worker: _Worker, finished: Results) -> None:
+            mine = held.get(worker.spec.index, set())
             for index, result in finished:
-                if not 0 <= index < len(items) or received[index]:
+                if index not in mine or received[index]:
                     raise self._fail(f"{worker.where} returned a result for a request it was not sent", WorkerFailedError)
+                mine.discard(index)
                 results[index], received[index] = result, True
+            self._pace = (self._pace[0], self._pace[1] + len(finished))
             if on_done is not None and finished:
                 on_done(sum(sizes[i] for i, _ in finished))
 
-        active: list[_Worker] = []
+        def begin(worker: _Worker, count: int) -> None:
+            self._send(worker, Call(label, portion(worker, count)), label)
+            active.append(worker)
+
+        def next_count() -> int:  # guided portions: up to a batch while plenty is left, single items towards the end
+            return max(1, min(batch, len(queue) // (4 * len(self.workers))))
+
         first = min(batch + 1, math.ceil(len(queue) / len(self.workers)))  # fill the rows, keep one waiting
-        for worker in self.workers:
+        for worker in list(self.workers):
             if not queue:
                 break
-            self._send(worker, Call(label, portion(worker, first)), label)
-            active.append(worker)
-        for worker, message in self._messages(active, label):
-            if isinstance(message, Want):
+            begin(worker, first)
+        while active or (queue and self.joining):
+            try:
+                got = self.transport.receive(active + self.joining, None)
+            except WorkerGone as gone:
+                self._lose(gone, label, active, held, queue)
+                for idle in [w for w in self.workers if w not in active]:
+                    if queue:
+                        begin(idle, first)
+                continue
+            if got is None:
+                continue
+            worker, message = got
+            if worker in self.joining:
+                if self._joined(worker, message) and queue:
+                    begin(worker, first)
+                continue
+            if worker not in active:
+                continue  # a late word from a worker given up on
+            if isinstance(message, Failed):
+                self._raise_failed(worker, message, label)
+            elif isinstance(message, Want):
                 accept(worker, message.results)
-                # Guided portions: up to a batch while plenty is left, single items towards the end.
-                count = max(1, min(batch, len(queue) // (4 * len(self.workers))))
-                self._send(worker, More(portion(worker, count)) if queue else End(), label)
+                self._send(worker, More(portion(worker, next_count())) if queue else End(), label)
             elif isinstance(message, Done):
                 accept(worker, message.results)
                 worker.counters = message.counters
                 worker.busy_seconds += message.seconds
                 active.remove(worker)
-                if not active:
-                    break
             else:
                 raise self._fail(f"{worker.where} sent an unexpected {type(message).__name__} during {label}", WorkerFailedError)
         if not all(received):
             raise self._fail(f"{received.count(False)} request(s) of {label} came back without a result", WorkerFailedError)
         return results
+
+    def _lose(self, gone: WorkerGone, label: str, active: list[_Worker], held: dict[int, set[int]], queue: deque[int]) -> None:
+        """A worker is gone: fail the call, or (``retry_lost``, others left) hand its unfinished items back."""
+        worker = gone.worker
+        with self._lock:
+            if worker in self.joining:  # an added replica that never loaded: the pool goes on as it was
+                self.joining.remove(worker)
+                self.lost.append(f"{worker.where}: {gone.reason}")
+                return
+            others = [w for w in self.workers if w is not worker]
+            if not self.transport.retry_lost or not (others or self.joining):
+                raise self._died(gone, label)
+            self.workers.remove(worker)
+            self.lost.append(f"{worker.where}: {gone.reason}")
+        if worker in active:
+            active.remove(worker)
+        unfinished = sorted(held.pop(worker.spec.index, set()))
+        queue.extendleft(reversed(unfinished))
+        logger.warning("%s was lost during %s (%s); its %d unfinished item(s) go to the other replicas",
+                       worker.where, label, gone.reason, len(unfinished))
 
     def counters(self) -> dict[str, dict[str, int]]:
         total: dict[str, dict[str, int]] = {}
@@ -575,7 +684,7 @@ class PoolExecutor:
         return dict(sorted(total.items()))
 
     def describe(self) -> dict[str, Any]:
-        """The replicas: devices, requests and device counters of each."""
+        """The replicas: devices, requests and device counters of each (and the ones lost on the way)."""
         return {
             "data_parallel": self.data_parallel,
             "workers": [
@@ -589,8 +698,11 @@ class PoolExecutor:
                 }
                 for worker in self.workers
             ],
+            **({"lost": list(self.lost)} if self.lost else {}),
         }
 
     def close(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop every worker (politely for ``timeout`` seconds, then by force)."""
-        self.transport.stop(self.workers, timeout)
+        with self._lock:
+            workers, self.joining = self.workers + self.joining, []
+        self.transport.stop(workers, timeout)

@@ -27,7 +27,9 @@ the other cells go on. Output::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ from .identity import package_version, sha256_json
 from .store import Bundle, Store
 
 SUMMARY_NAME = "summary.json"
+#: How often the progress line hears how many replicas the running cells have, in seconds.
+PROGRESS_EVERY = 1.0
 CELL_RESULTS = "results.json"
 _MODEL_KEYS = {"model", "name", "revision", "tp", "batch_size", "max_seq_len", "logits", "npu", "dtype", "rbln_config", "trust_remote_code"}
 _TASK_KEYS = {"task", "num_fewshot", "limit", "include_path", "gen_kwargs", "log_samples"}
@@ -175,6 +179,7 @@ class Cell:
     seconds: float = 0.0
     node: str | None = None
     devices: list[int] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # on Ray: every replica that served the cell
     error: str | None = None
     reference: dict[str, Any] = field(default_factory=dict)  # the HF reference's metrics (plan ``reference: hf``)
     deltas: dict[str, Any] = field(default_factory=dict)  # ours minus the reference's, per metric
@@ -194,23 +199,45 @@ def _metrics(results: dict[str, Any], task: str) -> dict[str, Any]:
     return {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
 
 
-def evaluate_cell(bundle_path: str, settings: dict[str, Any], output: str, log_samples: bool) -> dict[str, Any]:
-    """Score one cell on one replica (on this process's ``RBLN_DEVICES`` under Ray) and write its results."""
+def evaluate_cell(
+    bundle_path: str, settings: dict[str, Any], output: str, log_samples: bool, replicas: Any = None,
+    source: "BundleSource | None" = None,
+) -> dict[str, Any]:
+    """Score one cell and write its results.
+
+    Here: on one replica in this process. As a Ray task holding ``{"RBLN": tp}``: on a replica in this
+    process (on the task's ``RBLN_DEVICES``), joined by more replicas (Ray actors) while NPUs are free;
+    ``replicas``, a :class:`ReplicaCount` actor, hears how many are up, and ``source`` says where the node
+    of each replica gets the bundle (else it is read at ``bundle_path``).
+    """
     from .api import open_lm
     from .devices import visible_npus
     from .evaluation import EvalOptions, evaluate, task_manager_for
 
-    bundle = Bundle.open(Path(bundle_path))
-    devices = (visible_npus() or [])[: bundle.key.tensor_parallel] or None
+    bundle = source.fetch() if source is not None else Bundle.open(Path(bundle_path))
     options = EvalOptions(
         tasks=[settings["task"]], num_fewshot=settings.get("num_fewshot"), limit=settings.get("limit"),
         include_path=settings.get("include_path"), gen_kwargs=settings.get("gen_kwargs"), log_samples=True,
     )
     started = time.monotonic()
     manager = task_manager_for(options.tasks, options.include_path)
-    with open_lm(bundle, device=devices) as lm:
+    on_ray = _node() is not None
+    if on_ray:
+        from .parallel import PoolExecutor
+        from .ray_executor import Growing, RayTransport
+
+        pool = PoolExecutor(bundle, [[]], RayTransport(None, bundle.key.tensor_parallel, here=True), source=source)
+        report = (lambda count: replicas.set.remote(output, count)) if replicas is not None else None
+        lm = open_lm(bundle, executor=pool)
+        growing: Any = Growing(pool, on_change=report)
+    else:
+        devices = (visible_npus() or [])[: bundle.key.tensor_parallel] or None
+        lm = open_lm(bundle, device=devices)
+        growing = contextlib.nullcontext()
+    with lm, growing:
         results = evaluate(lm, options, task_manager=manager)
         placed = list(lm.executor.groups[0]) if lm.executor.groups else list(range(bundle.key.tensor_parallel))
+        served = lm.executor.describe().get("workers", []) if on_ray else []
         max_length = lm.max_length
     assert results is not None
     seconds = time.monotonic() - started
@@ -231,7 +258,50 @@ def evaluate_cell(bundle_path: str, settings: dict[str, Any], output: str, log_s
     return {
         "metrics": _metrics(results, settings["task"]), "seconds": seconds, "devices": placed, "node": _node(),
         "reference": reference, "deltas": deltas,
+        "replicas": [{"node": w.get("node"), "devices": w["devices"], "requests": w["requests"]} for w in served],
     }
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """Where an evaluating node gets a bundle: its own store, else the shared remote (verified on pull)."""
+
+    digest: str
+    store: str
+    remote: Any = None  # a RemoteSpec
+
+    def fetch(self) -> Bundle:
+        store = Store(self.store)
+        bundle = store.lookup(self.digest)
+        if bundle is None and self.remote is not None:
+            from .remotes import open_remote
+            from .remotes.pull import pull_digest
+
+            pulled = pull_digest(self.digest, store, [open_remote(self.remote)])
+            bundle = pulled.bundle if pulled is not None else None
+        if bundle is None:
+            where = f" nor on remote {self.remote.name}" if self.remote is not None else ""
+            raise RblnEvalError(
+                f"bundle {self.digest[:12]} is neither in this node's store {store.root}{where}",
+                "put the store on a filesystem every node mounts, or give the sweep a remote to share the bundles through",
+            )
+        return bundle
+
+
+class ReplicaCount:
+    """A Ray actor the cells tell how many replicas they run on; the sweep's progress line reads the total."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def set(self, cell: str, count: int) -> None:
+        if count:
+            self.counts[cell] = count
+        else:
+            self.counts.pop(cell, None)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 def _reference_scores(bundle: Bundle, options: Any, manager: Any, ours: dict[str, Any], max_length: int) -> tuple[dict, dict]:
@@ -290,10 +360,17 @@ def run_sweep(
     remote: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    node_store: str | Path | None = None,
 ) -> SweepResult:
-    """Compile what the plan needs (once per key), evaluate every cell, write the summary and the reports."""
+    """Compile what the plan needs (once per key), evaluate every cell, write the summary and the reports.
+
+    On Ray, the cells find their bundles in ``node_store`` on their nodes (default: ``store``'s path, a
+    filesystem every node mounts), else pull them, verified, from ``remote`` into it.
+    """
     from .workflow import CompileRequest, plan_compile
 
+    if node_store is not None and not ray:
+        raise ConfigError("is where NPU nodes of a Ray cluster keep bundles", "pass {ray} too, or drop it", option="node_store")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda stage, done, total: None)
@@ -321,9 +398,64 @@ def run_sweep(
         else:
             cell.key = cell_key(cell.digest, cell.settings)
             _reuse(cell, output, force)
-    _eval_stage(cells, bundles, output, log_samples, ray=ray, report=report)
+    if ray:  # the longest cells first, so that the last ones to start are short (ties: plan order)
+        costs = task_costs(plan.tasks)
+        cells_to_run = sorted(cells, key=lambda c: -costs.get(_settings_id(c.settings), 0.0))
+    else:
+        cells_to_run = cells
+    source = None
+    if ray:
+        from .remotes import get_spec
+
+        source = (str(Path(node_store or store.root).resolve()), get_spec(store, remote) if remote else None)
+    _eval_stage(cells_to_run, bundles, output, log_samples, ray=ray, report=report, source=source)
     write_summary(output, cells, compiled)
     return SweepResult(cells, compiled, failures, output)
+
+
+#: Device calls per generation request, roughly (a prefill and some decode steps), against one per scored request.
+GENERATION_WEIGHT = 4.0
+
+
+def task_costs(tasks: Iterable[TaskEntry]) -> dict[str, float]:
+    """A rough size of the cells of each task entry (by :func:`_settings_id`): documents × choices, or
+    generations weighted by :data:`GENERATION_WEIGHT`.
+
+    Only an order for scheduling, so only tasks of an ``include_path`` are looked at (lm_eval's index of its
+    own tasks takes many seconds to build); any other task, or one that cannot be loaded here, counts 0.
+    """
+    from lm_eval.tasks import TaskManager
+
+    managers: dict[str, Any] = {}
+    costs: dict[str, float] = {}
+    for entry in tasks:
+        key = _settings_id(entry.settings())
+        costs[key] = 0.0
+        if not entry.include_path:
+            continue
+        try:
+            if entry.include_path not in managers:
+                managers[entry.include_path] = TaskManager(include_path=entry.include_path, include_defaults=False)
+            built = managers[entry.include_path].load([entry.task])
+            task = (built["tasks"] if "tasks" in built else built)[entry.task]
+            docs = task.eval_docs
+            count = len(docs)
+            if entry.limit is not None:
+                count = min(count, int(entry.limit) if entry.limit >= 1 else math.ceil(count * entry.limit))
+            if task.OUTPUT_TYPE == "multiple_choice" and count:
+                per = float(len(task.doc_to_choice(docs[0])))
+            elif task.OUTPUT_TYPE == "generate_until":
+                per = GENERATION_WEIGHT
+            else:
+                per = 1.0
+            costs[key] = count * per
+        except Exception:  # noqa: BLE001 - only the order of the cells depends on it
+            pass
+    return costs
+
+
+def _settings_id(settings: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in settings.items() if k != "reference"}, sort_keys=True, default=str)
 
 
 def _compile_stage(
@@ -421,11 +553,12 @@ def _reuse(cell: Cell, output: Path, force: bool) -> None:
     cell.seconds = float(saved.get("seconds") or 0.0)
     cell.node, cell.devices = saved.get("node"), list(saved.get("devices") or [])
     cell.reference, cell.deltas = dict(saved.get("reference") or {}), dict(saved.get("deltas") or {})
+    cell.replicas = list(saved.get("replicas") or [])
 
 
 def _eval_stage(
     cells: list[Cell], bundles: dict[str, Bundle], output: Path, log_samples: dict[str, bool], *, ray: str | None,
-    report: Progress,
+    report: Progress, source: tuple[str, Any] | None = None,
 ) -> None:
     todo = [c for c in cells if c.status == "pending"]
     total, done = len(cells), len(cells) - len(todo)
@@ -439,16 +572,17 @@ def _eval_stage(
             cell.status, cell.metrics, cell.seconds = "done", outcome["metrics"], round(outcome["seconds"], 3)
             cell.node, cell.devices = outcome["node"], outcome["devices"]
             cell.reference, cell.deltas = outcome["reference"], outcome["deltas"]
+            cell.replicas = outcome.get("replicas", [])
             record = {
                 "key": cell.key, "seconds": cell.seconds, "node": cell.node, "devices": cell.devices,
-                "reference": cell.reference, "deltas": cell.deltas,
+                "replicas": cell.replicas, "reference": cell.reference, "deltas": cell.deltas,
             }
             write_atomic(output / "cells" / cell.directory / "cell.json", json.dumps(record))
         done += 1
         report("cells", done, total)
 
     if ray and todo:
-        _eval_on_ray(todo, bundles, output, log_samples, ray, finish)
+        _eval_on_ray(todo, bundles, output, log_samples, ray, finish, report, source)
         return
     for cell in todo:
         bundle = next(b for b in bundles.values() if b.digest == cell.digest)
@@ -462,7 +596,8 @@ def _eval_stage(
 
 def _eval_on_ray(
     cells: list[Cell], bundles: dict[str, Bundle], output: Path, log_samples: dict[str, bool], address: str,
-    finish: Callable[[Cell, dict[str, Any] | None, str | None], None],
+    finish: Callable[[Cell, dict[str, Any] | None, str | None], None], report: Progress,
+    source: tuple[str, Any] | None,
 ) -> None:
     """Each cell as a Ray task of ``{"RBLN": tp}``: side by side on free NPUs, run again if its node dies."""
     from .ray_executor import connect, forwarded_env
@@ -472,15 +607,27 @@ def _eval_on_ray(
 
     task = ray.remote(max_retries=3, retry_exceptions=False)(evaluate_cell)
     env = {"env_vars": forwarded_env()}
+    counter = ray.remote(ReplicaCount).options(num_cpus=0).remote()
     pending: dict[Any, Cell] = {}
     for cell in cells:
         bundle = next(b for b in bundles.values() if b.digest == cell.digest)
         ref = task.options(resources={"RBLN": bundle.key.tensor_parallel}, num_cpus=0, runtime_env=env).remote(
-            str(bundle.path), cell.settings, str(output / "cells" / cell.directory), log_samples[cell.task]
+            str(bundle.path), cell.settings, str(output / "cells" / cell.directory), log_samples[cell.task], counter,
+            BundleSource(bundle.digest, *source) if source else None,
         )
         pending[ref] = cell
+    up = -1
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY)
+        try:
+            now = int(ray.get(counter.total.remote(), timeout=PROGRESS_EVERY))
+        except ray.exceptions.RayError:
+            now = up
+        if now != up:
+            up = now
+            report("replicas", up, 0)
+        if not ready:
+            continue
         cell = pending.pop(ready[0])
         try:
             finish(cell, ray.get(ready[0]), None)

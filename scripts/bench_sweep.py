@@ -51,14 +51,18 @@ def _warm() -> str:
     """A cell's imports, done once in a worker process (Ray reuses it for the cells that follow)."""
     import time as clock
 
-    import rbln_eval.api  # noqa: F401
-    import rbln_eval.evaluation  # noqa: F401
-    import rbln_eval.loader  # noqa: F401
-    import optimum.rbln  # noqa: F401
-    import lm_eval.evaluator  # noqa: F401
+    import rbln_eval._worker_preload as preload
 
+    preload.warm()
     clock.sleep(1.0)  # hold the NPU slot, so every slot gets its own worker
     return "ok"
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all the host's cores, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
 
 def cluster(nodes: int):
@@ -102,9 +106,10 @@ def main() -> int:
     for nodes in (1, 2):
         head, startup, warmup = cluster(nodes)
         try:
-            started = time.monotonic()
+            started, ticks = time.monotonic(), cpu_ticks()
             result = run_sweep(plan, work / f"ray-{nodes}", store, ray=head.address, force=True)
             wall = time.monotonic() - started
+            busy = (cpu_ticks()[0] - ticks[0]) / max(1, cpu_ticks()[1] - ticks[1])
         finally:
             ray.shutdown()
             head.shutdown()
@@ -118,7 +123,9 @@ def main() -> int:
             print(f"{nodes} node(s): scores differ from 1 node", file=sys.stderr)
             return 1
         used = len({c.node for c in result.cells})
-        rows.append((nodes, nodes * 2, startup, warmup, wall, baseline[1] / wall, used))
+        cell_seconds = sum(c.seconds for c in result.cells)
+        grown = sum(1 for c in result.cells if len(c.replicas) > 1)
+        rows.append((nodes, nodes * 2, startup, warmup, wall, baseline[1] / wall, used, cell_seconds, busy, grown))
 
     from rbln_eval.api import open_lm
 
@@ -130,10 +137,12 @@ def main() -> int:
     limit = "every document" if args.limit is None else f"limit {args.limit}"
     print(f"sweep: 2 models x {len(plan.tasks)} demo tasks, {limit}, {args.latency_ms:g} ms per device call; "
           f"compile stage {compile_seconds:.1f} s (2 keys, once)")
-    print(f"{'nodes':>5} | {'NPUs':>4} | {'cluster start s':>15} | {'worker warm-up s':>16} | {'sweep wall s':>12} | {'speedup':>7} | nodes used")
-    for nodes, npus, startup, warmup, wall, speedup, used in rows:
-        print(f"{nodes:>5} | {npus:>4} | {startup:>15.1f} | {warmup:>16.1f} | {wall:>12.1f} | {speedup:>6.2f}x | {used}")
-    print("every cell's scores identical on 1 and 2 nodes")
+    print(f"{'nodes':>5} | {'NPUs':>4} | {'cluster start s':>15} | {'worker warm-up s':>16} | {'sweep wall s':>12} | "
+          f"{'speedup':>7} | nodes used | {'sum of cell s':>13} | host CPU busy | cells grown")
+    for nodes, npus, startup, warmup, wall, speedup, used, cell_seconds, busy, grown in rows:
+        print(f"{nodes:>5} | {npus:>4} | {startup:>15.1f} | {warmup:>16.1f} | {wall:>12.1f} | {speedup:>6.2f}x | "
+              f"{used:>10} | {cell_seconds:>13.1f} | {busy:>12.0%} | {grown:>11}")
+    print(f"every cell's scores identical on 1 and 2 nodes; host: {os.cpu_count()} cores for every node's NPUs and cells")
     print(f"start-up: Ray, 1 node + 2 warm workers {rows[0][2] + rows[0][3]:.1f} s; 2 nodes + 4 workers "
           f"{rows[1][2] + rows[1][3]:.1f} s; the local pool of 2 workers {pool_startup:.1f} s")
     return 0

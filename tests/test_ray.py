@@ -88,16 +88,22 @@ def test_four_tp2_replicas_on_two_nodes_take_their_rbln_devices(cluster, tp2: Bu
 
 
 def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) -> None:
-    from sweephelpers import cell_samples, metrics, two_models, write_plan
+    from sweephelpers import TASKS, cell_samples, metrics, two_models, write_plan
 
+    from rbln_eval.remotes import add_spec, spec_from_location
     from rbln_eval.sweep import load_plan, run_sweep
-
-    from sweephelpers import TASKS
 
     plan = load_plan(write_plan(tmp_path / "plan.yaml", two_models(), TASKS[:2]))
     store = Store(tmp_path / "store")
-    on_ray = run_sweep(plan, tmp_path / "ray", store, ray=cluster.address)
-    assert on_ray.compiled == 2 and not on_ray.failed  # compiled as Ray tasks, once per key
+    (tmp_path / "shared").mkdir()
+    add_spec(store, spec_from_location("shared", str(tmp_path / "shared")))
+    nodes_store = tmp_path / "node-store"  # the NPU nodes' own store: bundles reach it through the remote only
+    on_ray = run_sweep(plan, tmp_path / "ray", store, ray=cluster.address, remote="shared", node_store=nodes_store)
+    assert on_ray.compiled == 2 and not on_ray.failed, [c.error for c in on_ray.failed]  # compiled as Ray tasks, once per key
+    digests = sorted({c.digest for c in on_ray.cells})
+    assert Store(nodes_store).digests() == digests  # pulled where evaluated, each file verified
+    for digest in digests:
+        Bundle.open(Store(nodes_store).bundle_path(digest), expected_digest=digest)
     local = run_sweep(plan, tmp_path / "local", store)  # the same bundles, scored here
     assert local.compiled == 0
     assert metrics(on_ray) == metrics(local)
@@ -105,4 +111,85 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) 
         assert cell_samples(tmp_path / "ray", cell.model, cell.task) == cell_samples(tmp_path / "local", cell.model, cell.task)
     nodes = {c.node for c in on_ray.cells}
     assert len(nodes) == 2, nodes  # cells ran side by side on both nodes
-    assert all(len(c.devices) == 1 for c in on_ray.cells)
+    assert all(len(c.devices) == 1 and c.replicas[0]["devices"] == c.devices for c in on_ray.cells)
+
+    strays = Store(tmp_path / "stray")  # a node store that cannot get the bundles: the cells fail with the reason
+    lost = run_sweep(plan, tmp_path / "lost", store, ray=cluster.address, node_store=strays.root)
+    assert {c.status for c in lost.cells} == {"failed"}
+    assert lost.cells[0].error == (
+        f"bundle {lost.cells[0].digest[:12]} is neither in this node's store {strays.root.resolve()}: "
+        "put the store on a filesystem every node mounts, or give the sweep a remote to share the bundles through"
+    )
+
+def test_a_pool_grows_while_it_runs_and_gives_a_lost_replicas_work_to_the_others(cluster, tp2: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbln_eval.parallel import PoolExecutor
+    from rbln_eval.ray_executor import RayTransport
+
+    requests = [(None, [5 + i % 7, 6 + i % 3, 7], [8 + i % 5, 9]) for i in range(80)]
+    with open_lm(tp2, device="0-1") as lm:
+        expected = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    monkeypatch.setenv("RBLN_EVAL_SIM_LATENCY_MS", "50")
+    pool = PoolExecutor(tp2, [[]], RayTransport(cluster.address, 2))
+    seen: dict = {"joined": [], "pending": []}
+    run = pool.run
+
+    def meddling_run(items, costs, sizes, on_done=None):  # type: ignore[no-untyped-def]
+        def done(count: int) -> None:
+            if not seen["joined"]:  # the first results: the call runs; let the two added replicas load now
+                seen["joined"] = [ray.get(w.handle["actor"].loaded.remote(120.0)) for w in list(pool.joining)]
+            elif len(pool.workers) == 3 and "victim" not in seen:  # both joined the running call: lose one
+                seen["pending"] = pool.pending()
+                seen["victim"] = pool.workers[2].where
+                ray.kill(pool.workers[2].handle["actor"], no_restart=True)
+            if on_done is not None:
+                on_done(count)
+
+        return run(items, costs, sizes, done)
+
+    pool.run = meddling_run  # type: ignore[method-assign]
+    with open_lm(tp2, executor=pool) as lm:
+        pool.grow()
+        pool.grow()
+        assert len(pool.workers) == 1 and len(pool.joining) == 2
+        scores = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+        info = pool.describe()
+    assert scores == expected
+    assert seen["joined"] == [True, True] and seen["pending"] > 0, seen  # one was lost while work was still waiting
+    assert [w["requests"] > 0 for w in info["workers"]] == [True, True]
+    assert info["lost"] == [f"{seen['victim']}: its actor is gone: ActorDiedError"]
+
+class _FakePool:
+    """What Growing looks at: a call with work left, and how many replicas are loaded or joining."""
+
+    def __init__(self, remaining: float) -> None:
+        self.workers, self.joining, self.broken = ["w0"], [], None
+        self.remaining = remaining
+        self.bundle = type("B", (), {"key": type("K", (), {"tensor_parallel": 2})()})()
+
+    def remaining_seconds(self) -> float:
+        return self.remaining
+
+    def grow(self) -> None:
+        self.joining.append("new")
+
+
+def test_growing_adds_one_replica_at_a_time_only_onto_free_npus_and_only_for_long_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import rbln_eval.ray_executor as rx
+
+    free = {"RBLN": 1.0}
+    monkeypatch.setattr(rx, "free_npus", lambda: free["RBLN"])
+    heard: list[int] = []
+    pool = _FakePool(remaining=100.0)
+    with rx.Growing(pool, every=0.01, min_seconds=30.0, on_change=heard.append):
+        time.sleep(0.2)
+        assert pool.joining == []  # 1 NPU free, the bundle needs 2
+        free["RBLN"] = 2.0
+        time.sleep(0.2)
+        assert pool.joining == ["new"]  # one at a time: the next waits until this one has loaded
+        pool.workers.append(pool.joining.pop())
+        pool.remaining = 10.0  # less work left than a new replica takes to start
+        time.sleep(0.2)
+        assert pool.joining == [] and len(pool.workers) == 2
+    assert heard == [1, 2, 0]

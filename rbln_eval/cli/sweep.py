@@ -17,6 +17,11 @@ def sweep_command(
     store: StoreOpt = None,
     remote: RemoteOpt = None,
     force: bool = typer.Option(False, "--force", help="Score cells again even when their results exist."),
+    node_store: Optional[Path] = typer.Option(
+        None, "--node-store",
+        help="With --ray: the store on each NPU node (default: --store, on a filesystem every node mounts); "
+        "bundles missing there are pulled from --remote, verified.",
+    ),
 ) -> None:
     """Compile every model of a plan once per key and score every (model, task) cell; resumable.
 
@@ -26,14 +31,16 @@ def sweep_command(
 
     loaded = load_plan(plan)  # a bad plan fails before anything is compiled
     st = open_store(store)
-    state = {"compiles": "compiles -", "cells": "cells -"}
+    state = {"compiles": "compiles -", "cells": "cells -", "replicas": ""}
     with err.status("sweep: planning…", spinner="dots") as status:
 
         def progress(stage: str, done: int, total: int) -> None:
-            state[stage] = f"{stage} {done}/{total}"
-            status.update(f"sweep: {state['compiles']} · {state['cells']}")
+            state[stage] = f" · replicas up {done}" if stage == "replicas" else f"{stage} {done}/{total}"
+            status.update(f"sweep: {state['compiles']} · {state['cells']}{state['replicas']}")
 
-        result = run_sweep(loaded, output, st, ray=ray, remote=remote, force=force, progress=progress)
+        result = run_sweep(
+            loaded, output, st, ray=ray, remote=remote, force=force, progress=progress, node_store=node_store,
+        )
     cached = sum(1 for c in result.cells if c.status == "cached")
     err.print(
         f"{len(result.cells)} cells: {len(result.cells) - cached - len(result.failed)} scored, {cached} reused, "
