@@ -6,8 +6,9 @@ each worker starts with enough to fill its batch rows and asks for more whenever
 worker whose generations stop early simply takes more, and near the end the portions shrink to single
 items so that the workers finish together. A worker loads the bundle with ``load_bundle(bundle,
 device=group)`` and runs what it is sent on the batch rows of an ordinary :class:`~rbln_eval.executors.Replica`,
-so the scores are those of a single replica; results come back in item order. A worker that dies fails
-the whole call: no partial scores are ever returned.
+so the scores are those of a single replica; results come back in item order. A local worker that dies
+fails the whole call: no partial scores are ever returned. On a transport that can lose workers (Ray's),
+a lost worker's unfinished items go to the others instead, and workers can join a running call.
 
 Parent and workers talk in the message types below, one dataclass each.
 """

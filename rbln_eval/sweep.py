@@ -15,7 +15,8 @@ A plan (YAML) lists models (an id or path, a revision, and ``compile``'s options
 
 The compile stage keys every model and compiles each distinct key that neither the store nor the remotes
 have, once (with Ray: as a task on any node with CPUs, into the shared store). The eval stage runs each
-(bundle, task) cell — with Ray, as a task holding ``{"RBLN": tp}`` that Ray places on free NPUs, run again
+(bundle, task) cell — with Ray, longest first, as a task holding ``{"RBLN": tp}`` that Ray places on free
+NPUs, taking more replicas while NPUs stay free (see :class:`~rbln_eval.ray_executor.Growing`), run again
 elsewhere if its node dies. A cell whose results exist for the same bundle, task settings and lm_eval
 version is not run again (``force`` recomputes it). A failed compile fails its cells, with the reason;
 the other cells go on. Output::

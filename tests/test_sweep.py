@@ -120,6 +120,18 @@ def test_bad_plans_are_refused_with_one_line(tmp_path: Path) -> None:
             load_plan(path)
         assert expected in str(caught.value), (text, str(caught.value))
 
+    plan = write_plan(tmp_path / "good.yaml", two_models()[:1], TASKS[:1])
+    result = subprocess.run(
+        [sys.executable, "-m", "rbln_eval", "sweep", str(plan), "--output", str(tmp_path / "out"),
+         "--store", str(tmp_path / "store"), "--node-store", str(tmp_path / "nodes")],
+        capture_output=True, text=True, env={**os.environ, "RBLN_EVAL_SIMULATE": "1"}, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --node-store is where NPU nodes of a Ray cluster keep bundles: pass --ray too, or drop it"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nodes").exists()
+
 
 def test_reference_hf_records_the_references_scores_and_deltas(swept: dict, tmp_path: Path) -> None:
     import yaml
