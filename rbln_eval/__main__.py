@@ -1,6 +1,6 @@
 """``python -m rbln_eval``."""
 
-from .cli import main
+from rbln_eval.cli import main
 
 if __name__ == "__main__":
     main()

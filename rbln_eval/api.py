@@ -2,7 +2,7 @@
 
 ``rbln-eval run``, ``RBLNLM(...)`` from Python and lm_eval's ``--model_args`` all go through these::
 
-    from rbln_eval.api import obtain_bundle, open_lm
+    from rbln_eval.api import CompileOptions, obtain_bundle, open_lm
     from rbln_eval.store import Store
 
     bundle = obtain_bundle(Store(), artifact="3f2a9c").bundle
@@ -15,15 +15,15 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
-from .errors import ConfigError, RblnEvalError
-from .store import Bundle, Store
+from rbln_eval.errors import ConfigError, RblnEvalError
+from rbln_eval.families.base import CompileOptions
+from rbln_eval.store import Bundle, Store
 
 if TYPE_CHECKING:
-    from .compiler import CompileOptions
-    from .executors import Executor
-    from .lm import RBLNLM
-    from .remotes import Remote
-    from .workflow import CompileRequest
+    from rbln_eval.build.workflow import CompileRequest
+    from rbln_eval.core.lm import BundleLM
+    from rbln_eval.core.work import Executor
+    from rbln_eval.remotes import Remote
 
 #: ``remotes=`` of :func:`obtain_bundle`: every configured remote (True), none (False), one by name,
 #: or the remotes themselves.
@@ -48,7 +48,7 @@ def select_remotes(store: Store, remotes: RemoteChoice) -> list["Remote"]:
     if remotes is False:
         return []
     if remotes is True or isinstance(remotes, str):
-        from .remotes import configured_remotes
+        from rbln_eval.remotes import configured_remotes
 
         return configured_remotes(store, only=remotes if isinstance(remotes, str) else None)
     return list(remotes)
@@ -80,8 +80,7 @@ def obtain_bundle(
         raise ConfigError("pass exactly one of {artifact} REF or {model} MODEL")
     if artifact:
         return Obtained(store.resolve(artifact), "store")
-    from .compiler import CompileOptions
-    from .workflow import compile_bundle, find_or_pull, plan_compile
+    from rbln_eval.build.workflow import compile_bundle, find_or_pull, plan_compile
 
     request = plan_compile(model, options or CompileOptions(), revision=revision, npu=npu, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
     if not force:
@@ -112,17 +111,17 @@ def open_executor(
     ``device`` places one replica (``npu:2``, ``0-3``); ``devices`` (``0-7``) are split into replicas of
     the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs. With ``ray``
     (a cluster address, or ``auto``) the K replicas are Ray actors of ``{"RBLN": tp}`` each, placed by Ray.
-    ``groups`` is a placement already checked (:func:`rbln_eval.preflight.check_devices`).
+    ``groups`` is a placement already checked (:func:`rbln_eval.evaluation.preflight.check_devices`).
     """
-    from .devices import plan_replicas
+    from rbln_eval.execution.devices import plan_replicas
 
     if ray:
         if device is not None or devices:
             raise ConfigError("places replicas itself", "drop {device} and {devices}, or drop {ray}", option="ray")
         if data_parallel is not None and data_parallel < 1:
             raise ConfigError(f"must be a positive integer, got {data_parallel}", option="data_parallel")
-        from .parallel import PoolExecutor
-        from .ray_executor import RayTransport
+        from rbln_eval.execution.pool import PoolExecutor
+        from rbln_eval.execution.ray_transport import RayTransport
 
         transport = RayTransport(None if ray == "local" else ray, bundle.key.tensor_parallel)
         return PoolExecutor(bundle, [[] for _ in range(data_parallel or 1)], transport)
@@ -130,11 +129,11 @@ def open_executor(
     if groups is None:
         groups = plan_replicas(bundle.key.tensor_parallel, devices, data_parallel, device=device)
     if groups is not None and len(groups) > 1:
-        from .parallel import PoolExecutor
+        from rbln_eval.execution.pool import PoolExecutor
 
         return PoolExecutor(bundle, groups)
-    from .executors import LocalExecutor
-    from .loader import load_bundle
+    from rbln_eval.execution.local import LocalExecutor
+    from rbln_eval.execution.loader import load_bundle
 
     return LocalExecutor(load_bundle(bundle, device=None if groups is None else groups[0]), groups)
 
@@ -149,14 +148,14 @@ def open_lm(
     groups: list[list[int]] | None = None,
     executor: "Executor | None" = None,
     **lm_args: Any,
-) -> "RBLNLM":
+) -> "BundleLM":
     """The lm_eval model of ``bundle``'s family (``rbln``, ``rbln-vlm``) over its replicas (see :func:`open_executor`).
 
     ``executor`` gives replicas already started (placement arguments are then not used).
     """
-    from .families import family_of
+    from rbln_eval.families.registry import family_of
 
-    lm_class = family_of(bundle.key.model_class).load_lm_class()  # rbln, or rbln-vlm for image-text-to-text
+    lm_class = family_of(bundle.key.model_class).lm_class
     try:
         lm_class.check_args(lm_args)  # before any device is touched
     except BaseException:

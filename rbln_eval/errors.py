@@ -3,7 +3,7 @@
 Every error that a user can fix is a :class:`RblnEvalError`. It carries what went wrong and, apart from
 it, what to do (``hint``). Settings are named by their library names, which each front end spells its
 own way: ``option`` is the setting the message is about, and the text names others as ``{name}``. The CLI
-spells them as flags (``--logits``) in :mod:`rbln_eval.cli._errors`; ``str(error)`` keeps the library
+spells them as flags (``--logits``) in :mod:`rbln_eval.cli.failures`; ``str(error)`` keeps the library
 names (``logits``), as Python and lm_eval's ``--model_args`` users write them. Anything else is a bug and
 keeps its traceback.
 """

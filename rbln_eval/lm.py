@@ -1,366 +1,108 @@
-"""The lm-evaluation-harness model ``rbln``: scores a compiled bundle on Rebellions NPUs.
+"""The lm-evaluation-harness model ``rbln``: a compiled bundle named by model_args, scored on Rebellions NPUs.
 
 Three ways in: ``rbln-eval run``; ``lm_eval.simple_evaluate(model=RBLNLM(artifact=...))``; and
 ``lm_eval --model rbln --model_args artifact=...`` (through ``rbln-eval lm-eval`` or the ``lm_eval.models``
-entry point). All of them reach the bundle through :func:`rbln_eval.api.obtain_bundle` and its replicas
-through :func:`rbln_eval.api.open_executor`. Tokenization follows lm_eval's ``hf`` model so both score the
-same token sequences.
-
-:class:`RBLNLM` tokenizes, fits and plans requests once, into work items; its executor runs them (in this
-process, or on a pool of data-parallel workers), and what differs between model families is asked of the
-bundle's :class:`~rbln_eval.families.Family`.
+entry point). The model_args become one :class:`BundleArgs`, which reaches the bundle through
+:func:`rbln_eval.api.obtain_bundle` and its replicas through :func:`rbln_eval.api.open_executor`; the scoring
+is :class:`~rbln_eval.core.lm.BundleLM`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from typing import Any, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
-from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import (
-    _add_special_kwargs,
-    handle_stop_sequences,
-    has_bos_prefix,
-    normalize_gen_kwargs,
-    postprocess_generated_text,
-)
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tqdm import tqdm
 
-from .engine import plan_loglikelihood
-from .errors import ConfigError
-from .executors import Executor, GenerateWork, ScoreWork
-from .families import family_of
-from .identity import toolchain_versions
+from rbln_eval.api import CompileOptions, obtain_bundle, open_executor
+from rbln_eval.core.lm import BundleLM
+from rbln_eval.core.work import Executor
+from rbln_eval.errors import ConfigError
+from rbln_eval.store import Store
+from rbln_eval.util.values import as_bool, as_int, is_true_word
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_GEN_TOKS = 256
-_BOOL_TRUE = ("1", "true", "yes", "on")
+
+@dataclass(frozen=True)
+class BundleArgs:
+    """The model_args that select a bundle and its replicas, parsed once."""
+
+    artifact: str | None = None
+    pretrained: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    options: CompileOptions = CompileOptions()
+    export: bool = False
+    store: str | None = None
+    remote: bool | str = True
+    npu: str | None = None
+    device: Any = None
+    devices: str | None = None
+    data_parallel: int | None = None
+    ray: str | None = None
+
+    #: The model_args spelling of each compile option.
+    COMPILE_ARGS = {"rbln_batch_size": "batch_size", "rbln_max_seq_len": "max_seq_len", "rbln_tensor_parallel_size": "tp", "logits": "logits"}
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "options") + tuple(cls.COMPILE_ARGS)
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> "BundleArgs":
+        """The bundle-selecting model_args of ``args`` (popped from it), checked."""
+        given = {name: args.pop(name) for name in cls.names() if name in args}
+        if given.get("artifact") and given.get("pretrained"):
+            raise ConfigError("pass either artifact= or pretrained=, not both")
+        if not given.get("artifact") and not given.get("pretrained"):
+            raise ConfigError("model_args need artifact=REF (a stored bundle) or pretrained=MODEL")
+        compile_values: dict[str, Any] = {}
+        for arg, option in cls.COMPILE_ARGS.items():
+            if arg in given:
+                value = given.pop(arg)
+                compile_values[option] = value if option == "logits" else as_int(value, arg)
+        remote = given.get("remote", True)
+        if not (isinstance(remote, str) and is_true_word(remote) is None):
+            remote = as_bool(remote, "remote")  # a remote's name, or every configured remote / none
+        return cls(
+            **{k: v for k, v in given.items() if k not in ("trust_remote_code", "export", "remote", "data_parallel", "ray")},
+            trust_remote_code=as_bool(given.get("trust_remote_code", False), "trust_remote_code"),
+            export=as_bool(given.get("export", False), "export"),
+            remote=remote,
+            data_parallel=as_int(given.get("data_parallel"), "data_parallel"),
+            ray=given.get("ray") or None,
+            options=CompileOptions(**{k: v for k, v in compile_values.items() if v is not None}),
+        )
+
+    def open(self) -> tuple[Executor, bool]:
+        """The bundle (compiled through the store with ``export``), its replicas, and whether it was compiled now."""
+        obtained = obtain_bundle(
+            Store(self.store), artifact=self.artifact, model=self.pretrained, options=self.options, revision=self.revision,
+            npu=self.npu, remotes=self.remote, export=self.export, trust_remote_code=self.trust_remote_code,
+            notify=logger.info,
+        )
+        return open_executor(obtained.bundle, self.device, self.devices, self.data_parallel, self.ray), obtained.compiled_now
 
 
-def as_bool(value: Any, name: str) -> bool:
-    """A model_args boolean (``true``/``false``, ``1``/``0``, …)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _BOOL_TRUE:
-        return True
-    if text in ("0", "false", "no", "off", "none", ""):
-        return False
-    raise ConfigError(f"model_args {name}={value!r} is not a boolean (use true or false)")
-
-
-def as_int(value: Any, name: str) -> int | None:
-    """A model_args integer, or None."""
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"model_args {name}={value!r} is not an integer") from None
+def open_from_model_args(cls: type[BundleLM], kwargs: dict[str, Any]) -> tuple[Executor, bool]:
+    """The executor named by model_args (``kwargs`` keeps the scoring args), after checking every name."""
+    cls.check_args(kwargs)  # before anything is opened
+    return BundleArgs.parse(kwargs).open()
 
 
 @register_model("rbln")
-class RBLNLM(TemplateLM):
-    """Score a compiled bundle: prefill once per context, teacher-forced decode for continuations."""
+class RBLNLM(BundleLM):
+    """``rbln``: score the bundle that model_args name (``artifact=`` or ``pretrained=``), or ``executor``'s."""
 
-    #: model_args that select the bundle and its replicas (used only when no executor is given).
-    BUNDLE_ARGS = (
-        "artifact", "pretrained", "revision", "trust_remote_code", "rbln_batch_size", "rbln_max_seq_len",
-        "rbln_tensor_parallel_size", "export", "store", "remote", "npu", "logits", "device", "devices",
-        "data_parallel", "ray",
-    )
-    #: model_args of the scoring itself.
-    SCORING_ARGS = ("max_gen_toks", "add_bos_token", "batch_size", "max_batch_size")
-    MODEL_ARGS = BUNDLE_ARGS + SCORING_ARGS
+    MODEL_ARGS = BundleArgs.names() + BundleLM.SCORING_ARGS
 
-    def __init__(
-        self,
-        artifact: str | None = None,
-        pretrained: str | None = None,
-        revision: str | None = None,
-        trust_remote_code: bool | str = False,
-        rbln_batch_size: int | str | None = None,
-        rbln_max_seq_len: int | str | None = None,
-        rbln_tensor_parallel_size: int | str | None = None,
-        export: bool | str = False,
-        store: str | None = None,
-        remote: bool | str = True,
-        npu: str | None = None,
-        logits: str = "all",
-        device: Any = None,
-        devices: str | None = None,
-        data_parallel: int | str | None = None,
-        ray: str | None = None,
-        max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
-        add_bos_token: bool | str | None = None,
-        batch_size: Any = None,
-        max_batch_size: Any = None,
-        executor: Executor | None = None,
-        compiled_now: bool = False,
-        **unknown: Any,
-    ) -> None:
-        super().__init__()
-        self.check_args(unknown)
-        gen_toks = as_int(max_gen_toks, "max_gen_toks")
-        self._max_gen_toks = DEFAULT_MAX_GEN_TOKS if gen_toks is None else gen_toks
-        self.add_bos_token = None if add_bos_token is None else as_bool(add_bos_token, "add_bos_token")
+    def __init__(self, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> None:
         if executor is None:
-            executor, compiled_now = self._open(
-                artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
-                rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel, ray,
-            )
-        self.executor = executor
-        self.compiled_now = compiled_now
-        self.bundle = executor.bundle
-        self.family = family_of(self.bundle.key.model_class)
-        self.backend = self.family.name
-        self.tokenizer = executor.tokenizer
-        self.shape = executor.shape
-        self.max_length = self.shape.max_length
-        self.load_seconds = executor.load_seconds
-        self._truncation_warned = False
-        self.seconds_by_type: dict[str, float] = {}
-        self.requests_served = 0
-        if batch_size not in (None, "", "auto") and str(batch_size) != str(self.shape.batch_size):
-            logger.warning(
-                "batch_size %s ignored: bundle %s runs at its compiled batch size %d",
-                batch_size, self.bundle.digest[:12], self.shape.batch_size,
-            )
-
-    @classmethod
-    def check_args(cls, args: Mapping[str, Any]) -> None:
-        """Refuse model_args this model does not know."""
-        unknown = sorted(set(args) - set(cls.MODEL_ARGS))
-        if unknown:
-            raise ConfigError(f"unknown model_args for rbln: {', '.join(unknown)}; accepted: {', '.join(cls.MODEL_ARGS)}")
-
-    @staticmethod
-    def _open(
-        artifact, pretrained, revision, trust_remote_code, rbln_batch_size, rbln_max_seq_len,
-        rbln_tensor_parallel_size, export, store, remote, npu, logits, device, devices, data_parallel, ray,
-    ) -> tuple[Executor, bool]:
-        """The bundle named by model_args (compiled through the store with ``export``) and its replicas."""
-        from .api import obtain_bundle, open_executor
-        from .compiler import CompileOptions
-        from .store import Store
-
-        if artifact and pretrained:
-            raise ConfigError("pass either artifact= or pretrained=, not both")
-        if not artifact and not pretrained:
-            raise ConfigError("model_args need artifact=REF (a stored bundle) or pretrained=MODEL")
-        options = CompileOptions(
-            batch_size=as_int(rbln_batch_size, "rbln_batch_size"),
-            max_seq_len=as_int(rbln_max_seq_len, "rbln_max_seq_len"),
-            tp=as_int(rbln_tensor_parallel_size, "rbln_tensor_parallel_size"),
-            logits=logits,
-        )
-        remotes = remote if isinstance(remote, str) and remote.lower() not in ("true", "false", "1", "0") else as_bool(remote, "remote")
-        obtained = obtain_bundle(
-            Store(store), artifact=artifact, model=pretrained, options=options, revision=revision, npu=npu,
-            remotes=remotes, export=as_bool(export, "export"), trust_remote_code=as_bool(trust_remote_code, "trust_remote_code"),
-            notify=logger.info,
-        )
-        executor = open_executor(obtained.bundle, device, devices, as_int(data_parallel, "data_parallel"), ray or None)
-        return executor, obtained.compiled_now
-
-    def close(self) -> None:
-        """Release the replicas (stops data-parallel workers)."""
-        self.executor.close()
-
-    def __enter__(self) -> "RBLNLM":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def data_parallel(self) -> int:
-        return len(self.executor.groups or [None])
-
-    # ---- tokenization (as lm_eval's hf model) ----------------------------------------------------
-    @property
-    def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def prefix_token_id(self) -> int:
-        if self.tokenizer.bos_token_id is not None:
-            return self.tokenizer.bos_token_id
-        return self.tokenizer.eos_token_id
-
-    @property
-    def max_gen_toks(self) -> int:
-        return self._max_gen_toks
-
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
-        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
-            special["add_special_tokens"] = False
-        # verbose=False: inputs longer than the compiled length are truncated here (one warning of our own),
-        # so transformers' "Token indices sequence length is longer…" warning does not apply.
-        return self.tokenizer.encode(string, verbose=False, **special)
-
-    def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
-
-    def _warn_truncation(self, what: str | None) -> None:
-        if what and not self._truncation_warned:
-            logger.warning("%s longer than the compiled length %d: truncated from the left", what, self.max_length)
-            self._truncation_warned = True
-
-    @property
-    def eval_seconds(self) -> float:
-        """Seconds spent in the request calls lm_eval made, all types together."""
-        return sum(self.seconds_by_type.values())
-
-    @contextlib.contextmanager
-    def _timed(self, request_type: str, requests: int) -> Iterator[None]:
-        started = time.monotonic()
+            executor, compiled_now = open_from_model_args(type(self), model_args)
         try:
-            yield
-        finally:
-            seconds = time.monotonic() - started
-            self.seconds_by_type[request_type] = self.seconds_by_type.get(request_type, 0.0) + seconds
-            self.requests_served += requests
-
-    def _run(self, what: str, items: list, costs: list[int], sizes: list[int], disable_tqdm: bool) -> list[Any]:
-        """Run work items on the executor, with a progress bar over the requests they hold."""
-        if not items:
-            return []
-        suffix = f" ×{self.data_parallel}" if self.data_parallel > 1 else ""
-        progress = tqdm(total=sum(sizes), disable=disable_tqdm, desc=f"rbln {what}{suffix}")
-        try:
-            return self.executor.run(items, costs, sizes, progress.update)
-        finally:
-            progress.close()
-
-    # ---- loglikelihood ------------------------------------------------------------------------------
-    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        with self._timed("loglikelihood", len(requests)):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-
-    def _fit_all(self, requests: list) -> list[tuple[list[int], list[int]]]:
-        """Left-truncate like lm_eval's hf model: the model sees at most the compiled lengths."""
-        fitted = []
-        for _, context, continuation in requests:
-            if not continuation:
-                raise ValueError("a loglikelihood request has an empty continuation")
-            fit = self.family.fit(self.shape, list(context), list(continuation))
-            self._warn_truncation(fit.truncated)
-            fitted.append((fit.context, fit.continuation))
-        return fitted
-
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        fitted = self._fit_all(requests)
-        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits)
-        items = [ScoreWork(tuple(job.context), tuple(tuple(fitted[i][1]) for i in job.members)) for job in jobs]
-        costs = [self.family.job_cost(self.shape, len(job.context), [len(fitted[i][1]) for i in job.members]) for job in jobs]
-        scored = self._run("loglikelihood", items, costs, [len(job.members) for job in jobs], disable_tqdm)
-        results: list[Any] = [None] * len(requests)
-        for job, scores in zip(jobs, scored):
-            for index, score in zip(job.members, scores):
-                results[index] = tuple(score)
-                if requests[index][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[index][0], results[index])
-        return results
-
-    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
-        with self._timed("loglikelihood_rolling", len(requests)):
-            return self._loglikelihood_rolling(requests, disable_tqdm)
-
-    def _loglikelihood_rolling(self, requests: list, disable_tqdm: bool) -> list[float]:
-        windows: list[tuple[None, list[int], list[int]]] = []
-        counts: list[int] = []
-        for (string,) in [request.args for request in requests]:
-            request_windows = [
-                make_disjoint_window(window)
-                for window in get_rolling_token_windows(
-                    token_list=self.tok_encode(string),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                )
-            ]
-            windows.extend((None, ctx, cont) for ctx, cont in request_windows)
-            counts.append(len(request_windows))
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
-        totals: list[float] = []
-        start = 0
-        for request, count in zip(requests, counts):
-            total = sum(score for score, _ in scores[start : start + count])
-            start += count
-            totals.append(total)
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
-        return totals
-
-    # ---- generation ---------------------------------------------------------------------------------
-    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        with self._timed("generate_until", len(requests)):
-            return self._generate_until(requests, disable_tqdm)
-
-    def _generate_until(self, requests: list, disable_tqdm: bool) -> list[str]:
-        # Every request is checked and planned before any device work.
-        planned = [self._generation_work(context, gen_kwargs) for context, gen_kwargs in [r.args for r in requests]]
-        items = [work for work, _ in planned]
-        costs = [self.family.generation_cost(self.shape, len(work.tokens), budget) for work, budget in planned]
-        generated = self._run("generate_until", items, costs, [1] * len(items), disable_tqdm)
-        outputs = []
-        for request, work, tokens in zip(requests, items, generated):
-            text = postprocess_generated_text(self.tok_decode(tokens), list(work.until), None)
-            outputs.append(text)
-            self.cache_hook.add_partial("generate_until", request.args, text)
-        return outputs
-
-    def _greedy_settings(self, gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
-        """The stop sequences and new-token budget of a ``generate_until`` request; sampling is refused."""
-        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
-        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-        if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
-            raise ConfigError("the rbln model generates greedily; set do_sample=false (temperature 0) in gen_kwargs")
-        return until, int(kwargs.pop("max_gen_toks"))
-
-    def _generation_work(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[GenerateWork, int]:
-        """The work item of one ``generate_until`` request, and its ``max_gen_toks``."""
-        until, max_gen = self._greedy_settings(gen_kwargs)
-        tokens = self.family.generation_tokens(self.tokenizer, context, self.add_bos_token)
-        limit = self.family.generation_limit(self.shape, max_gen)
-        if limit <= 0:
-            raise ConfigError(f"max_gen_toks {max_gen} leaves no room for a context in the compiled length {self.max_length}")
-        if len(tokens) > limit:
-            self._warn_truncation("a generation context")
-            tokens = tokens[-limit:]
-        steps = self.family.generation_steps(len(tokens), max_gen)
-        return GenerateWork(tuple(tokens), steps, tuple(until)), max_gen
-
-    @property
-    def device_counters(self) -> dict[str, dict[str, int]]:
-        return self.executor.counters()
-
-    def get_model_info(self) -> dict[str, Any]:
-        """Provenance recorded in lm_eval's results config: the bundle, toolchain, timings, device counters."""
-        key = self.bundle.key
-        eval_seconds = self.eval_seconds
-        return {
-            "rbln": {
-                "bundle_digest": self.bundle.digest,
-                "bundle_path": str(self.bundle.path),
-                "key": key.fields(),
-                "toolchain": toolchain_versions(),
-                "compiled_now": self.compiled_now,
-                "load_seconds": round(self.load_seconds, 3),
-                "eval_seconds": round(eval_seconds, 3),
-                "eval_seconds_by_request_type": {k: round(v, 3) for k, v in self.seconds_by_type.items()},
-                "requests": self.requests_served,
-                "requests_per_second": round(self.requests_served / eval_seconds, 3) if eval_seconds else None,
-                "batch_size": self.shape.batch_size,
-                "max_length": self.max_length,
-                "device_counters": self.device_counters,
-                **self.executor.describe(),
-            }
-        }
+            super().__init__(executor, compiled_now, **model_args)
+        except BaseException:
+            executor.close()
+            raise

@@ -27,11 +27,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from rbln_eval import demo  # noqa: E402
-from rbln_eval.compiler import CompileOptions  # noqa: E402
+from rbln_eval.api import CompileOptions  # noqa: E402
 from rbln_eval.api import open_lm  # noqa: E402
 from rbln_eval.lm import RBLNLM  # noqa: E402
 from rbln_eval.store import Store  # noqa: E402
-from rbln_eval.workflow import compile_bundle, plan_compile  # noqa: E402
+from rbln_eval.build.workflow import compile_bundle, plan_compile  # noqa: E402
 
 TASKS = ("demo_cloze", "demo_mc", "demo_ppl")
 

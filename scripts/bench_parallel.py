@@ -61,10 +61,10 @@ def main() -> int:
     from lm_eval.tasks import TaskManager
 
     from rbln_eval import demo
-    from rbln_eval.compiler import CompileOptions
+    from rbln_eval.api import CompileOptions
     from rbln_eval.api import open_lm
     from rbln_eval.store import Store
-    from rbln_eval.workflow import compile_bundle, plan_compile
+    from rbln_eval.build.workflow import compile_bundle, plan_compile
 
     if not os.path.isdir(args.model):
         print(f"no model at {args.model}: run scripts/train_demo_models.py or pass --model DIR", file=sys.stderr)

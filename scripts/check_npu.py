@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from rbln_eval.doctor import main
+from rbln_eval.execution.doctor import main
 
 if __name__ == "__main__":
     sys.exit(main())

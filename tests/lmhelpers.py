@@ -6,9 +6,9 @@ import functools
 from typing import Any
 
 from rbln_eval import demo
-from rbln_eval.compiler import CompileOptions
+from rbln_eval.api import CompileOptions
 from rbln_eval.store import Bundle, Store
-from rbln_eval.workflow import compile_bundle, plan_compile
+from rbln_eval.build.workflow import compile_bundle, plan_compile
 
 MODEL_DIRS = {"causal": demo.causal_model_dir(), "seq2seq": demo.seq2seq_model_dir()}
 TASKS_DIR = str(demo.tasks_dir())

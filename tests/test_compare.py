@@ -19,10 +19,10 @@ except sim.SimulatorConflictError:
 
 from demomodels import model_dirs  # noqa: E402
 from lmhelpers import TASKS_DIR  # noqa: E402
-from rbln_eval.compare import compare_task  # noqa: E402
-from rbln_eval.compiler import CompileOptions  # noqa: E402
+from rbln_eval.evaluation.compare import compare_task  # noqa: E402
+from rbln_eval.api import CompileOptions  # noqa: E402
 from rbln_eval.store import Store  # noqa: E402
-from rbln_eval.workflow import compile_bundle, plan_compile  # noqa: E402
+from rbln_eval.build.workflow import compile_bundle, plan_compile  # noqa: E402
 
 TASKS = "demo_cloze,demo_mc,demo_ppl,demo_gen"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rbln_eval.devices import (
+from rbln_eval.execution.devices import (
     DevicePlacementError,
     DeviceReport,
     NpuDevice,

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from rbln_eval.engine import Open, Program, Step, run_programs
+from rbln_eval.core.programs import Open, Program, Step, run_programs
 
 VOCAB = 8
 

@@ -218,7 +218,7 @@ def test_an_unexpected_fault_is_one_line_and_exit_1(world: dict[str, Any], bundl
 
 
 def test_runtime_creation_fault_names_the_devices(bundle: Bundle) -> None:
-    from rbln_eval.loader import RuntimeCreationError, load_bundle
+    from rbln_eval.execution.loader import RuntimeCreationError, load_bundle
 
     with pytest.raises(RuntimeCreationError) as caught:
         load_bundle(bundle, device=[6, 9])

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from rbln_eval.errors import ConfigError, ModelSourceError
+from rbln_eval.identity.target import resolve_target
+from rbln_eval.util.hashing import canonical_json
 from rbln_eval.identity import (
     BundleKey,
     ModelSource,
-    canonical_json,
     diff_keys,
     local_model_digest,
     normalize_compile_config,
     resolve_source,
-    resolve_target,
 )
 from storehelpers import TOOLCHAIN, make_key
 
@@ -152,7 +152,7 @@ def test_local_digest_is_cached_by_size_and_mtime(tmp_path: Path, monkeypatch: p
     model = write_model(tmp_path / "m", weights=b"x" * 1000)
     first = local_model_digest(model)
     calls = []
-    import rbln_eval.hashing as hashing
+    import rbln_eval.util.hashing as hashing
 
     real = hashing.sha256_file
     monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(p) or real(p))
@@ -180,7 +180,7 @@ def test_hub_revision_resolves_from_the_offline_cache(tmp_path: Path, monkeypatc
 
 
 def test_target_marks_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rbln_eval.target as target
+    import rbln_eval.identity.target as target
 
     monkeypatch.setattr(target, "simulator_active", lambda: True)
     assert resolve_target("RBLN-CA25") == "SIM-RBLN-CA25"

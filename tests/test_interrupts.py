@@ -135,7 +135,7 @@ def test_interrupted_pull(bundle: Bundle, tmp_path: Path) -> None:
 
 def test_an_interrupt_swallowed_by_a_finalizer_happens_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt raised inside ``__del__`` is dropped by Python; it is delivered again outside it."""
-    from rbln_eval import interrupts
+    from rbln_eval.util import interrupts
 
     monkeypatch.setattr(interrupts, "_installed", False)
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)

@@ -76,7 +76,7 @@ def test_unsupported_architecture(tmp_path: Path, store_root: str) -> None:
     BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(model)
     before = tree_snapshot(Path(store_root))
     result = cli("compile", str(model), "--store", store_root)
-    one_line_exit_2(result, "architecture bert (model_type 'bert') is not a causal or seq2seq LM that optimum-rbln compiles")
+    one_line_exit_2(result, "architecture bert (model_type 'bert') is not a model of a family that optimum-rbln compiles")
     assert "llama" in result.stderr and "t5" in result.stderr
     assert tree_snapshot(Path(store_root)) == before
 

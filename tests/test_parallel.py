@@ -23,12 +23,12 @@ except sim.SimulatorConflictError:  # a real rebel SDK is installed: these tests
 
 from demomodels import model_dirs  # noqa: E402
 from lmhelpers import TASKS_DIR, sample_values  # noqa: E402
-from rbln_eval.compiler import CompileOptions  # noqa: E402
+from rbln_eval.api import CompileOptions  # noqa: E402
 from rbln_eval.errors import ConfigError  # noqa: E402
 from rbln_eval.api import open_lm  # noqa: E402
-from rbln_eval.parallel import WorkerDiedError  # noqa: E402
+from rbln_eval.execution.pool import WorkerDiedError  # noqa: E402
 from rbln_eval.store import Bundle, Store  # noqa: E402
-from rbln_eval.workflow import compile_bundle, plan_compile  # noqa: E402
+from rbln_eval.build.workflow import compile_bundle, plan_compile  # noqa: E402
 
 TASKS = ["demo_cloze", "demo_mc", "demo_ppl", "demo_gen"]
 LIMIT = 4

@@ -8,11 +8,11 @@ import time
 import httpx
 import pytest
 
-from rbln_eval.cli._errors import flag
-from rbln_eval.devices import DevicePlacementError, DeviceReport, NpuDevice
+from rbln_eval.cli.failures import flag
+from rbln_eval.execution.devices import DevicePlacementError, DeviceReport, NpuDevice
 from rbln_eval.errors import ConfigError, RblnEvalError
-from rbln_eval.netfaults import describe_failure, network_reason, probe_hub
-from rbln_eval.preflight import check_devices, check_eval_options, parse_gen_kwargs
+from rbln_eval.util.netfaults import describe_failure, network_reason, probe_hub
+from rbln_eval.evaluation.preflight import check_devices, check_eval_options, parse_gen_kwargs
 
 
 def node(count: int, unavailable: tuple[int, ...] = ()) -> DeviceReport:

@@ -20,7 +20,7 @@ except sim.SimulatorConflictError:  # a real rebel SDK is installed: these tests
 from sweephelpers import TASKS, metrics, two_models, write_plan  # noqa: E402
 
 from rbln_eval.store import Store  # noqa: E402
-from rbln_eval.sweep import load_plan, run_sweep  # noqa: E402
+from rbln_eval.sweep.sweep import load_plan, run_sweep  # noqa: E402
 
 
 def test_cells_of_a_removed_node_finish_on_another_with_identical_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

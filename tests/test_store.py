@@ -20,7 +20,7 @@ from rbln_eval.errors import (
     CorruptBundleError,
     StoreNotWritableError,
 )
-from rbln_eval.hashing import sha256_file
+from rbln_eval.util.hashing import sha256_file
 from rbln_eval.store import MANIFEST_NAME, BuildContext, Store
 from storehelpers import counting_builder, make_key, write_files
 

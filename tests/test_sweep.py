@@ -15,9 +15,9 @@ import rbln_eval.sim as sim
 from sweephelpers import TASKS, cell_samples, metrics, two_models, write_plan
 
 from rbln_eval.api import open_lm
-from rbln_eval.evaluation import EvalOptions, evaluate
+from rbln_eval.evaluation.evaluate import EvalOptions, evaluate
 from rbln_eval.store import Store
-from rbln_eval.sweep import PlanError, load_plan, run_sweep
+from rbln_eval.sweep.sweep import PlanError, load_plan, run_sweep
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 import torch
 
-from rbln_eval.families import family_of
-from rbln_eval.compiler import CompileOptions
-from rbln_eval.engine import Open, Step, causal_greedy_program, run_programs
+from rbln_eval.families.registry import family_of
+from rbln_eval.api import CompileOptions
+from rbln_eval.core.programs import Open, Step, run_programs
+from rbln_eval.families.causal.programs import causal_greedy_program
 from rbln_eval.identity import diff_keys
-from rbln_eval.loader import IncompatibleBundleError, load_bundle
-from rbln_eval.multimodal_backend import with_images
+from rbln_eval.execution.loader import IncompatibleBundleError, load_bundle
+from rbln_eval.families.vision_language.backend import with_images
 from rbln_eval.store import Bundle, Store
-from rbln_eval.workflow import compile_bundle, plan_compile
+from rbln_eval.build.workflow import compile_bundle, plan_compile
 from vlmmodels import make_image, tiny_llava
 
 PROMPTS = [("<image> The picture shows", 1), ("USER: <image>\nWhat is the value of", 2)]
@@ -123,7 +124,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     programs = []
     for enc in setup["encodings"]:
         tokens = enc["input_ids"][0].tolist()
-        program = causal_greedy_program(backend, tokens, NEW_TOKENS, backend.max_length, lambda t: False, frozenset())
+        program = causal_greedy_program(backend, tokens, NEW_TOKENS, lambda t: False, frozenset())
         programs.append(with_images(program, {"pixel_values": enc["pixel_values"]}, 1))
     greedy = run_programs(backend, programs)
     for mine, enc, ref in zip(greedy, setup["encodings"], setup["greedy"]):
@@ -134,7 +135,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
 def test_plain_optimum_rbln_load_after_rebuild(setup: dict[str, Any]) -> None:
     from optimum.rbln import RBLNAutoModelForImageTextToText
 
-    from rbln_eval.artifacts_tensors import prepare_load_dir
+    from rbln_eval.store.tensors import prepare_load_dir
 
     bundle = setup["bundles"][1]
     view = prepare_load_dir(bundle)
@@ -151,7 +152,7 @@ def test_plain_optimum_rbln_load_after_rebuild(setup: dict[str, Any]) -> None:
 def test_a_view_tampered_with_is_rebuilt(setup: dict[str, Any]) -> None:
     import hashlib
 
-    from rbln_eval.artifacts_tensors import prepare_load_dir
+    from rbln_eval.store.tensors import prepare_load_dir
 
     bundle = setup["bundles"][1]
     view = prepare_load_dir(bundle)

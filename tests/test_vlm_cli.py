@@ -164,7 +164,7 @@ def test_hub_remote_push_pull_and_plain_load(env: dict[str, Any], digest: str, t
                 main(["pull", "hf://{REPO}@{digest[:8]}", "--store", {str(other)!r}])
             except SystemExit as exc:
                 assert not exc.code, exc.code
-            from rbln_eval.artifacts_tensors import prepare_load_dir
+            from rbln_eval.store.tensors import prepare_load_dir
             from rbln_eval.store import Store
             from optimum.rbln import RBLNAutoModelForImageTextToText
             bundle = Store({str(other)!r}).lookup({digest!r})

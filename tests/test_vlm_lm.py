@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from rbln_eval.compiler import CompileOptions
+from rbln_eval.api import CompileOptions
 from rbln_eval.api import open_lm
 from rbln_eval.multimodal import MultimodalRequestError, RBLNVLM
 from rbln_eval.store import Store
-from rbln_eval.workflow import compile_bundle, plan_compile
+from rbln_eval.build.workflow import compile_bundle, plan_compile
 from vlmmodels import image_tasks, tiny_llava
 
 TOLERANCE = 1e-4

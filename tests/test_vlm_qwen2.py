@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from rbln_eval.families import family_of
-from rbln_eval.compiler import CompileOptions
-from rbln_eval.engine import Open, Step, causal_greedy_program, run_programs
-from rbln_eval.loader import load_bundle
-from rbln_eval.multimodal_backend import MultimodalRopeBackend, with_images
+from rbln_eval.families.registry import family_of
+from rbln_eval.api import CompileOptions
+from rbln_eval.core.programs import Open, Step, run_programs
+from rbln_eval.families.causal.programs import causal_greedy_program
+from rbln_eval.execution.loader import load_bundle
+from rbln_eval.families.vision_language.backend import MultimodalRopeBackend, with_images
 from rbln_eval.store import Store
-from rbln_eval.workflow import compile_bundle, plan_compile
+from rbln_eval.build.workflow import compile_bundle, plan_compile
 from vlmmodels import qwen_inputs, tiny_qwen2_vl
 
 PROMPTS = [("<image> The picture shows", 5), ("Look at this: <image>\nIt is a", 6)]
@@ -80,7 +81,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     print(f"qwen2_vl batch {batch}: max |logit delta| {worst:.2e}")
     assert worst <= 1e-4, worst
     programs = [
-        with_images(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, backend.max_length, lambda t: False, frozenset()), images[i], 1)
+        with_images(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), images[i], 1)
         for i, enc in enumerate(setup["inputs"])
     ]
     for mine, enc, ref in zip(run_programs(backend, programs), setup["inputs"], setup["greedy"]):

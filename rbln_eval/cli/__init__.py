@@ -14,10 +14,10 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
-from . import build, evaluate, remote, store, sweep, system
-from ._cli_utils import err, out
-from ._errors import run_guarded
+from rbln_eval import __version__
+from rbln_eval.cli import build, evaluate, remote, store, sweep, system
+from rbln_eval.cli.options import err, out
+from rbln_eval.cli.failures import run_guarded
 
 app = typer.Typer(
     name="rbln-eval",

@@ -7,9 +7,9 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..api import Obtained, obtain_bundle
-from ..store import Store
-from ._cli_utils import (
+from rbln_eval.api import Obtained, obtain_bundle
+from rbln_eval.store import Store
+from rbln_eval.cli.options import (
     DtypeOpt,
     LogitsOpt,
     MaxSeqLenOpt,
@@ -32,7 +32,7 @@ def compile_options(
     batch_size: Optional[int], max_seq_len: Optional[int], tp: Optional[int], logits: str,
     dtype: Optional[str], rbln_config: Optional[str],
 ) -> Any:
-    from ..compiler import CompileOptions, parse_rbln_config
+    from rbln_eval.families.base import CompileOptions, parse_rbln_config
 
     return CompileOptions(
         batch_size=batch_size, max_seq_len=max_seq_len, tp=tp, logits=logits, dtype=dtype,

@@ -9,10 +9,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from ..api import open_lm
-from ..errors import RblnEvalError
-from ..store import Bundle
-from ._cli_utils import (
+from rbln_eval.api import open_lm
+from rbln_eval.errors import RblnEvalError
+from rbln_eval.store import Bundle
+from rbln_eval.cli.options import (
     DeviceOpt,
     DtypeOpt,
     FewshotOpt,
@@ -36,7 +36,7 @@ from ._cli_utils import (
     out,
     split_tasks,
 )
-from .build import compile_options, obtain_model
+from rbln_eval.cli.build import compile_options, obtain_model
 
 
 def _open_replicas(
@@ -44,7 +44,7 @@ def _open_replicas(
     ray: Optional[str] = None,
 ) -> Any:
     """The ``rbln`` model over one replica or K worker processes (or Ray actors), saying where they were placed."""
-    from ..devices import format_devices
+    from rbln_eval.execution.devices import format_devices
 
     with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
         if ray:
@@ -99,8 +99,8 @@ def run_command(
 
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
-    from ..evaluation import EvalOptions, evaluate, parse_seed, summary_json
-    from ..preflight import check_devices, check_eval_options, load_tasks, requested_tp
+    from rbln_eval.evaluation.evaluate import EvalOptions, evaluate, parse_seed, summary_json
+    from rbln_eval.evaluation.preflight import check_devices, check_eval_options, load_tasks, requested_tp
 
     # Cheap checks first: options, tasks, their datasets, devices; only then a bundle is loaded or compiled.
     if bool(artifact) == bool(model):
@@ -160,7 +160,7 @@ def run_command(
         f"load {info['load_seconds']:.1f}s, eval {info['eval_seconds']:.1f}s, "
         f"{info['requests']} requests ({info['requests_per_second'] or 0:.1f}/s); device: {counters}"
     )
-    from ..devices import format_devices
+    from rbln_eval.execution.devices import format_devices
 
     for index, worker in enumerate(info.get("workers") or []):
         node = f" of node {worker['node'][:8]}" if worker.get("node") else ""
@@ -188,9 +188,9 @@ def compare_command(
 
     Example: rbln-eval compare 3f2a9c --tasks hellaswag,arc_easy --limit 200 --tolerance 1e-4
     """
-    from ..compare import reference_lm, run_compare
-    from ..evaluation import EvalOptions, parse_seed
-    from ..preflight import check_devices, check_eval_options, load_tasks
+    from rbln_eval.evaluation.compare import reference_lm, run_compare
+    from rbln_eval.evaluation.evaluate import EvalOptions, parse_seed
+    from rbln_eval.evaluation.preflight import check_devices, check_eval_options, load_tasks
 
     if tolerance is not None and not tolerance >= 0:
         raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
@@ -258,8 +258,8 @@ def lm_eval_command(ctx: typer.Context) -> None:
     """
     import lm_eval.__main__ as lm_eval_main
 
-    from .. import lm as _registers_rbln  # noqa: F401
-    from .. import multimodal as _registers_rbln_vlm  # noqa: F401
+    from rbln_eval import lm as _registers_rbln  # noqa: F401
+    from rbln_eval import multimodal as _registers_rbln_vlm  # noqa: F401
 
     sys.argv = ["lm_eval", *ctx.args]
     lm_eval_main.cli_evaluate()

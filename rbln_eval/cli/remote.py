@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ..units import human_size
-from ._cli_utils import RemoteOpt, StoreOpt, config_summary, err, open_store, out, typer_app
+from rbln_eval.util.units import human_size
+from rbln_eval.cli.options import RemoteOpt, StoreOpt, config_summary, err, open_store, out, typer_app
 
 remote_app = typer_app(
     "Configure where bundles are shared: HF Hub repos and directories.\n\nExample: rbln-eval remote add team hf://my-org/compiled"
@@ -27,8 +27,8 @@ def push_command(
     """
     import time
 
-    from ..families import family_of
-    from ..remotes import push_bundle, push_target
+    from rbln_eval.families.registry import family_of
+    from rbln_eval.remotes import push_bundle, push_target
 
     st = open_store(store)
     bundle = st.resolve(ref)
@@ -61,8 +61,8 @@ def pull_command(
     """
     import time
 
-    from ..remotes import configured_remotes
-    from ..remotes.pull import pull_ref
+    from rbln_eval.remotes import configured_remotes
+    from rbln_eval.remotes.pull import pull_ref
 
     st = open_store(store)
     remotes = [] if ref.startswith("hf://") else configured_remotes(st, only=remote)
@@ -90,7 +90,7 @@ def remote_add_command(
 
     Example: rbln-eval remote add nfs /shared/rbln-bundles
     """
-    from ..remotes import add_spec, spec_from_location
+    from rbln_eval.remotes import add_spec, spec_from_location
 
     st = open_store(store)
     spec = spec_from_location(name, location, private=private)
@@ -106,7 +106,7 @@ def remote_ls_command(
 
     Example: rbln-eval remote ls --bundles
     """
-    from ..remotes import load_specs, open_remote
+    from rbln_eval.remotes import load_specs, open_remote
 
     st = open_store(store)
     specs = load_specs(st)
@@ -133,7 +133,7 @@ def remote_rm_command(
 
     Example: rbln-eval remote rm nfs
     """
-    from ..remotes import remove_spec
+    from rbln_eval.remotes import remove_spec
 
     spec = remove_spec(open_store(store), name)
     out.print(f"removed remote {spec.name} ({spec.location})", markup=False)

@@ -10,11 +10,11 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import RblnEvalError
-from ..identity import BundleKey, diff_keys
-from ..store import MANIFEST_NAME, Bundle, Manifest, Store
-from ..units import human_size
-from ._cli_utils import StoreOpt, config_summary, err, open_store, out, short_json
+from rbln_eval.errors import RblnEvalError
+from rbln_eval.identity import BundleKey, diff_keys
+from rbln_eval.store import MANIFEST_NAME, Bundle, Manifest, Store
+from rbln_eval.util.units import human_size
+from rbln_eval.cli.options import StoreOpt, config_summary, err, open_store, out, short_json
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._cli_utils import RemoteOpt, StoreOpt, err, open_store, out
+from rbln_eval.cli.options import RemoteOpt, StoreOpt, err, open_store, out
 
 
 def sweep_command(
@@ -27,7 +27,7 @@ def sweep_command(
 
     Example: rbln-eval sweep plan.yaml --output sweep/ --ray auto
     """
-    from ..sweep import load_plan, run_sweep
+    from rbln_eval.sweep.sweep import load_plan, run_sweep
 
     loaded = load_plan(plan)  # a bad plan fails before anything is compiled
     st = open_store(store)
@@ -62,7 +62,7 @@ def report_command(
 
     Example: rbln-eval report sweep/
     """
-    from ..report import rerender
+    from rbln_eval.sweep.report import rerender
 
     path = rerender(output)
     out.print((output / "summary.md").read_text(), markup=False, end="")

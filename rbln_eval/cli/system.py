@@ -8,10 +8,10 @@ import typer
 
 from typing import Optional
 
-from ..errors import RblnEvalError
-from ..store import Store
-from ..units import human_size
-from ._cli_utils import IncludePathOpt, StoreOpt, err, out, split_tasks
+from rbln_eval.errors import RblnEvalError
+from rbln_eval.store import Store
+from rbln_eval.util.units import human_size
+from rbln_eval.cli.options import IncludePathOpt, StoreOpt, err, out, split_tasks
 
 
 def doctor_command(
@@ -22,7 +22,7 @@ def doctor_command(
 
     Example: rbln-eval doctor
     """
-    from ..doctor import collect, render
+    from rbln_eval.execution.doctor import collect, render
 
     data = collect(Store(store))
     if as_json:
@@ -44,7 +44,7 @@ def prefetch_command(
 
     Example: rbln-eval prefetch --tasks lambada_openai,hellaswag --model meta-llama/Llama-3.2-1B
     """
-    from ..prefetch import cache_dirs, prefetch_model, prefetch_tasks
+    from rbln_eval.evaluation.prefetch import cache_dirs, prefetch_model, prefetch_tasks
 
     task_list = split_tasks(tasks) if tasks else []
     if not task_list and not models:

@@ -7,19 +7,19 @@ manifest before the bundle appears in the local store.
 
 from __future__ import annotations
 
-from ..errors import RblnEvalError
-from ..store import Bundle, Store
-from .base import BundleRefusedError, Remote, RemoteBundle, RemoteConfigError, RemoteError
-from .config import HF_SCHEME, RemoteSpec, add_spec, check_repo_id, get_spec, load_specs, remove_spec, spec_from_location
+from rbln_eval.errors import RblnEvalError
+from rbln_eval.store import Bundle, Store
+from rbln_eval.remotes.base import BundleRefusedError, Remote, RemoteBundle, RemoteConfigError, RemoteError
+from rbln_eval.remotes.config import HF_SCHEME, RemoteSpec, add_spec, check_repo_id, get_spec, load_specs, remove_spec, spec_from_location
 
 
 def open_remote(spec: RemoteSpec) -> Remote:
     """The remote a configuration entry describes."""
     if spec.kind == "hf":
-        from .hub import HubRemote
+        from rbln_eval.remotes.hub import HubRemote
 
         return HubRemote(spec.name, spec.repo or "", private=spec.private)
-    from .directory import DirectoryRemote
+    from rbln_eval.remotes.directory import DirectoryRemote
 
     return DirectoryRemote(spec.name, spec.path or "")
 
@@ -36,7 +36,7 @@ def push_target(store: Store, repo: str | None = None, remote: str | None = None
     if repo and remote:
         raise RemoteConfigError("pass either {repo} ORG/NAME or {remote} NAME, not both")
     if repo:
-        from .hub import HubRemote
+        from rbln_eval.remotes.hub import HubRemote
 
         return HubRemote(f"{HF_SCHEME}{repo}", check_repo_id(repo), private=private)
     if remote:

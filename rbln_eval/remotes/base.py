@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ..constants import MIN_PREFIX
-from ..errors import CorruptBundleError, RblnEvalError
-from ..refs import match_reference
-from ..store import Bundle, Manifest, Store
+from rbln_eval.util.constants import MIN_PREFIX
+from rbln_eval.errors import CorruptBundleError, RblnEvalError
+from rbln_eval.store.refs import match_reference
+from rbln_eval.store import Bundle, Manifest, Store
 
 INDEX_SCHEMA = 1
 

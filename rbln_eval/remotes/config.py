@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomic
-from ..store import Store
-from .base import RemoteConfigError
+from rbln_eval.util.atomic import write_atomic
+from rbln_eval.store import Store
+from rbln_eval.remotes.base import RemoteConfigError
 
 CONFIG_NAME = "remotes.json"
 HF_SCHEME = "hf://"

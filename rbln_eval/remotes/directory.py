@@ -18,9 +18,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..atomic import write_atomic
-from ..store import MANIFEST_NAME, Bundle, Store
-from .base import (
+from rbln_eval.util.atomic import write_atomic
+from rbln_eval.store import MANIFEST_NAME, Bundle, Store
+from rbln_eval.remotes.base import (
     BundleRefusedError,
     RemoteBundle,
     RemoteError,
@@ -30,7 +30,7 @@ from .base import (
     match_index,
     parse_index,
 )
-from .progress import copy_file, transfer
+from rbln_eval.remotes.progress import copy_file, transfer
 
 INDEX_NAME = "index.json"
 

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from ..constants import COMMIT_RE
-from ..store import MANIFEST_NAME, Bundle, Store
-from .base import (
+from rbln_eval.util.constants import COMMIT_RE
+from rbln_eval.store import MANIFEST_NAME, Bundle, Store
+from rbln_eval.remotes.base import (
     BundleRefusedError,
     RemoteBundle,
     RemoteError,
@@ -36,7 +36,7 @@ from .base import (
     parse_index,
     parse_remote_manifest,
 )
-from .progress import copy_file, tqdm_into, transfer
+from rbln_eval.remotes.progress import copy_file, tqdm_into, transfer
 
 INDEX_NAME = "rbln-eval-index.json"
 BRANCH_PREFIX = "bundle-"

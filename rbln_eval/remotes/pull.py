@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..constants import DIGEST_RE
-from ..errors import RblnEvalError
-from ..store import Bundle, Store
-from . import HF_SCHEME, Remote, RemoteBundle, RemoteConfigError, RemoteError
-from .config import check_repo_id
+from rbln_eval.util.constants import DIGEST_RE
+from rbln_eval.errors import RblnEvalError
+from rbln_eval.store import Bundle, Store
+from rbln_eval.remotes import HF_SCHEME, Remote, RemoteBundle, RemoteConfigError, RemoteError
+from rbln_eval.remotes.config import check_repo_id
 
 Notify = Callable[[str], None]
 
@@ -31,7 +31,7 @@ def parse_hf_ref(ref: str) -> tuple[str, str | None]:
 def pull_ref(ref: str, store: Store, remotes: list[Remote]) -> Pulled:
     """Pull ``ref``: ``hf://ORG/NAME[@REV]``, or a digest, unique prefix or alias found on ``remotes``."""
     if ref.startswith(HF_SCHEME):
-        from .hub import HubRemote
+        from rbln_eval.remotes.hub import HubRemote
 
         repo, revision = parse_hf_ref(ref)
         remote: Remote = HubRemote(f"{HF_SCHEME}{repo}", repo)

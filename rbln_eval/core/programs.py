@@ -1,0 +1,219 @@
+"""Request scheduling over a compiled model's batch rows: prefill once, then batched decode steps.
+
+An NPU bundle has fixed shapes: a prefill graph that fills one batch row's KV cache from a prompt, and a
+decode graph that advances every row by one token. Each request is a small *program* (a generator) that
+first yields :class:`Open` (prefill a row, or run the encoder) and then :class:`Step` (one token at one
+position), receiving logits back. :func:`run_programs` keeps every row busy: a row whose program ends is
+refilled with the next program while the others continue, and all pending steps go to the device in one
+decode call.
+
+Loglikelihood requests that share a context (multiple choice) share its prefill: every continuation's first
+token is read off the prefill logits. With a full-logit bundle each multi-token continuation is read off a
+prefill of context + continuation (one call per request, no decode steps); with a last-logit bundle later
+tokens are teacher-forced decode steps, a row's positions after the context simply overwritten by the next
+choice. Prefill is never re-run per continuation token. :func:`plan_loglikelihood` decides which requests
+share a row so that no row is left with far more decode work than the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterable, Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Open:
+    """Prefill a row with ``tokens`` (causal) or encode them (seq2seq)."""
+
+    tokens: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Feed ``token`` at ``position`` of the row; the program receives the logits for the next position."""
+
+    token: int
+    position: int
+
+
+Program = Generator["Open | Step", "torch.Tensor | None", object]
+
+
+class Backend(Protocol):
+    """The device side: one prefill/encode per row, one batched decode step for all rows."""
+
+    batch_size: int
+    max_length: int
+    full_logits: bool
+
+    def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor | None:
+        """Prefill/encode ``row``; causal: logits ``[n, vocab]`` for the last n input positions."""
+
+    def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
+        """One decode step over all rows; returns logits ``[batch, vocab]``."""
+
+
+def run_programs(
+    backend: Backend,
+    programs: Iterable[Program],
+    on_result: Callable[[int, object], None] | None = None,
+    pad_token: int = 0,
+) -> list[object]:
+    """Run ``programs`` over the backend's rows; results in program order.
+
+    ``programs`` is consumed lazily, one program each time a row falls free, so it may be a stream that is
+    still being fed (the data-parallel workers pull their next requests that way).
+    """
+    pending = enumerate(programs)
+    rows: list[tuple[int, Program, Step] | None] = [None] * backend.batch_size
+    results: dict[int, object] = {}
+
+    def finish(index: int, value: object) -> None:
+        results[index] = value
+        if on_result is not None:
+            on_result(index, value)
+
+    def advance(index: int, program: Program, value: torch.Tensor | None) -> Step | None:
+        try:
+            request = program.send(value)
+        except StopIteration as stop:
+            finish(index, stop.value)
+            return None
+        if not isinstance(request, Step):
+            raise RuntimeError(f"a program may open its row only once, got {request!r}")
+        return request
+
+    exhausted = False
+    while True:
+        for row in range(backend.batch_size):
+            while rows[row] is None and not exhausted:
+                try:
+                    index, program = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                request = next(program)
+                if not isinstance(request, Open):
+                    raise RuntimeError(f"a program must open its row first, got {request!r}")
+                step = advance(index, program, backend.open(row, request.tokens))
+                if step is not None:
+                    rows[row] = (index, program, step)
+        if not any(rows):
+            break
+        active = [slot is not None for slot in rows]
+        tokens = [slot[2].token if slot else pad_token for slot in rows]
+        positions = [slot[2].position if slot else 0 for slot in rows]
+        logits = backend.step(tokens, positions, active)
+        for row, slot in enumerate(rows):
+            if slot is None:
+                continue
+            index, program, _ = slot
+            step = advance(index, program, logits[row])
+            rows[row] = (index, program, step) if step is not None else None
+    return [results[i] for i in range(len(results))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+#: Teacher-forced decode tokens one shared-context job may hold before the next request gets a row of its own.
+DECODE_BUDGET = 64
+
+
+@dataclass(frozen=True)
+class LoglikelihoodJob:
+    """Requests scored on one batch row from one prefill of ``context``: indices into the request list."""
+
+    context: tuple[int, ...]
+    members: tuple[int, ...]
+
+
+def plan_loglikelihood(
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]], full_logits: bool
+) -> list[LoglikelihoodJob]:
+    """Group ``(context, continuation)`` token pairs into jobs, longest contexts first.
+
+    Requests with the same context share a job. With full logits, a job holds one multi-token continuation
+    (read off its prefill) and any number of single-token ones; every other multi-token continuation gets a
+    prefill of its own. Otherwise a job takes requests until their decode steps exceed :data:`DECODE_BUDGET`,
+    so that a context shared by many long continuations (the first window of every rolling document) is
+    spread over all rows instead of serialized on one.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(requests):
+        groups.setdefault(tuple(context), []).append(index)
+    jobs: list[LoglikelihoodJob] = []
+    for context, members in groups.items():
+        if full_logits:
+            multi = [i for i in members if len(requests[i][1]) > 1]
+            single = [i for i in members if len(requests[i][1]) <= 1]
+            anchor = multi[:1]
+            jobs.append(LoglikelihoodJob(context, tuple(sorted(anchor + single))))
+            jobs.extend(LoglikelihoodJob(context, (i,)) for i in multi[1:])
+            continue
+        current: list[int] = []
+        steps = 0
+        for i in members:
+            cost = len(requests[i][1]) - 1
+            if current and steps + cost > DECODE_BUDGET:
+                jobs.append(LoglikelihoodJob(context, tuple(current)))
+                current, steps = [], 0
+            current.append(i)
+            steps += cost
+        jobs.append(LoglikelihoodJob(context, tuple(current)))
+    jobs.sort(key=lambda job: -len(job.context))
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks of the families' programs
+# --------------------------------------------------------------------------------------------------
+
+
+class Score:
+    """Running log-probability and greediness of one continuation."""
+
+    __slots__ = ("logprob", "greedy")
+
+    def __init__(self) -> None:
+        self.logprob = 0.0
+        self.greedy = True
+
+    def add(self, logits: torch.Tensor, target: int) -> None:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        self.logprob += float(logprobs[target])
+        self.greedy = self.greedy and int(logits.argmax()) == target
+
+
+def teacher_forced(
+    scores: list[Score], first: torch.Tensor, continuations: Sequence[Sequence[int]], base: int, skip: int | None,
+) -> Program:
+    """Score each continuation's first token off ``first``, the rest by decode steps from position ``base``."""
+    for score, continuation in zip(scores, continuations):
+        score.add(first, continuation[0])
+    for i, continuation in enumerate(continuations):
+        if i == skip:
+            continue
+        for j in range(1, len(continuation)):
+            logits = yield Step(continuation[j - 1], base + j - 1)
+            scores[i].add(logits, continuation[j])
+    return [(s.logprob, s.greedy) for s in scores]
+
+
+def greedy(
+    logits: torch.Tensor, position: int, max_new_tokens: int, max_position: int,
+    stop: Callable[[list[int]], bool], eos_token_ids: frozenset[int],
+) -> Program:
+    """Greedy tokens from ``logits`` at ``position`` on, until an EOS token, ``stop(tokens)``, ``max_new_tokens``
+    or ``max_position``."""
+    generated: list[int] = []
+    while True:
+        token = int(logits.argmax())
+        generated.append(token)
+        if token in eos_token_ids or len(generated) >= max_new_tokens or position >= max_position or stop(generated):
+            return generated
+        logits = yield Step(token, position)
+        position += 1

@@ -1,0 +1,72 @@
+"""Work items and executors: what :class:`~rbln_eval.core.lm.BundleLM` asks a bundle's replicas to do.
+
+The lm tokenizes, fits and plans requests into *work items* (typed, picklable); an executor turns each item
+into a program for its replica's backend and runs them: one replica in this process
+(:class:`rbln_eval.execution.local.LocalExecutor`) or a pool of workers (:mod:`rbln_eval.execution.pool`).
+Both return results in item order, so the scores do not depend on which one ran them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from rbln_eval.core.shapes import ReplicaShape
+from rbln_eval.store import Bundle
+
+if TYPE_CHECKING:
+    from rbln_eval.families.base import Family
+
+
+@dataclass(frozen=True)
+class Images:
+    """The images of a prompt, as the processor prepared them (``pixel_values``, …), and their content key."""
+
+    inputs: dict[str, Any]
+    count: int
+    key: str
+
+
+@dataclass(frozen=True)
+class ScoreWork:
+    """Score ``continuations`` after one shared ``context``: ``[(logprob, is_greedy), ...]``."""
+
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+    images: Images | None = None  # a multimodal context: its image features are prefilled with it
+
+
+@dataclass(frozen=True)
+class GenerateWork:
+    """Greedy generation from ``tokens``: at most ``max_new_tokens``, until a stop sequence or EOS."""
+
+    tokens: tuple[int, ...]
+    max_new_tokens: int
+    until: tuple[str, ...]
+    images: Images | None = None
+
+
+Work = ScoreWork | GenerateWork
+
+
+class Executor(Protocol):
+    """Runs work items on one or more replicas of a bundle."""
+
+    bundle: Bundle
+    family: "Family"  # the bundle's model family
+    shape: ReplicaShape
+    tokenizer: Any
+    load_seconds: float
+    groups: list[list[int]] | None  # each replica's devices (None: one replica, compiled placement)
+
+    def run(self, items: Sequence[Work], costs: Sequence[int], sizes: Sequence[int], on_done: Callable[[int], None]) -> list[Any]:
+        """Results of ``items`` in their order; ``sizes`` counts requests per item for ``on_done``."""
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Device calls and padded tokens per graph, all replicas together."""
+
+    def describe(self) -> dict[str, Any]:
+        """What to record about the replicas in the results' provenance."""
+
+    def close(self) -> None:
+        """Release the replicas."""

@@ -1,0 +1,5 @@
+"""The causal (decoder-only) LM family."""
+
+from rbln_eval.families.causal.family import CausalFamily
+
+__all__ = ["CausalFamily"]

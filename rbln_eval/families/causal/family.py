@@ -1,0 +1,71 @@
+"""Decoder-only LMs (``RBLNAutoModelForCausalLM``): chunked prefill of one row, then batched decode steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from lm_eval.models.utils import has_bos_prefix
+
+from rbln_eval.core.lm import BundleLM
+from rbln_eval.core.programs import Program
+from rbln_eval.core.shapes import ReplicaShape
+from rbln_eval.families.base import Family, Fitted
+from rbln_eval.families.causal.backend import CausalBackend
+from rbln_eval.families.causal.programs import causal_greedy_program, causal_loglikelihood_program
+
+
+class CausalFamily(Family):
+    """Decoder-only LMs: chunked prefill of one row, then batched decode steps."""
+
+    name = "causal"
+    auto_class = "RBLNAutoModelForCausalLM"
+    transformers_mapping = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+    is_encoder_decoder = False
+    hf_backend = "causal"
+    reference_truncates = True
+    length_keys = ("max_seq_len",)
+    lm_class = BundleLM
+
+    def backend(self, model: Any) -> CausalBackend:
+        return CausalBackend(model)
+
+    def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"logits_to_keep": 0 if logits == "all" else 1}
+        if max_seq_len is not None:
+            options["max_seq_len"] = max_seq_len
+        return options
+
+    def fit(self, shape: ReplicaShape, context: list[int], continuation: list[int]) -> Fitted:
+        whole = context + continuation
+        truncated = None
+        if len(whole) > shape.max_length + 1:
+            truncated = "a request"
+            whole = whole[-(shape.max_length + 1) :]
+        if len(continuation) >= len(whole):
+            continuation = whole[1:]
+        return Fitted(whole[: len(whole) - len(continuation)], continuation, truncated)
+
+    def generation_tokens(self, tokenizer: Any, context: str, add_bos_token: bool | None) -> list[int]:
+        special: dict[str, bool] = {}
+        if has_bos_prefix(context, getattr(tokenizer, "bos_token", None)):
+            special = {"add_special_tokens": False}
+        elif add_bos_token is not None:
+            special = {"add_special_tokens": add_bos_token}
+        return list(tokenizer(context, verbose=False, **special)["input_ids"])  # truncation is ours
+
+    def generation_limit(self, shape: ReplicaShape, max_gen: int) -> int:
+        return shape.max_length - max_gen
+
+    def loglikelihood_program(self, backend: Any, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+        return causal_loglikelihood_program(backend, context, continuations)
+
+    def greedy_program(
+        self, backend: Any, tokens: Sequence[int], max_new_tokens: int,
+        stop: Callable[[list[int]], bool], eos_token_ids: frozenset[int],
+    ) -> Program:
+        return causal_greedy_program(backend, tokens, max_new_tokens, stop, eos_token_ids)
+
+    def job_cost(self, shape: ReplicaShape, context: int, continuations: Sequence[int]) -> int:
+        if shape.full_logits:  # everything is read off one prefill
+            return shape.prefill_cost(context + max(continuations) - 1)
+        return super().job_cost(shape, context, continuations)

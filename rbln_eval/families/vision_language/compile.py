@@ -1,0 +1,169 @@
+"""Compiling image-text-to-text models: detection, their rbln_config, the image settings in the key.
+
+optimum-rbln compiles a vision-language model through ``RBLNAutoModelForImageTextToText`` into one bundle:
+the vision tower, the projector and the language model (a submodule such as ``language_model`` for LLaVA,
+Gemma3 and Idefics3 — ``text_model`` there —, or the model itself for Qwen2-VL). The language model always
+takes input embeddings, since image features are scattered into them before prefill.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rbln_eval.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rbln_eval.families.base import CompileOptions
+
+#: compile-config entries that only inform the key (and ``explain``), never passed to optimum-rbln.
+KEY_ONLY_FIELDS = ("image",)
+#: Image settings that shape the vision graphs and the number of image tokens.
+_IMAGE_FIELDS = ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "num_channels")
+_TOP_IMAGE_FIELDS = (
+    "vision_feature_select_strategy", "vision_feature_layer", "image_seq_length", "mm_tokens_per_image",
+    "image_token_id", "image_token_index", "scale_factor",
+)
+#: Architectures whose vision tower is compiled for a given number of patches per image (``visual.max_seq_len``).
+PATCHES_PER_IMAGE_TYPES = ("qwen2_vl", "qwen2_5_vl")
+#: Architectures whose bundles rbln-eval scores with images (the others compile and load).
+SCORED_VLM_TYPES = ("llava",)
+
+
+def supported_vlm_types() -> list[str]:
+    """Model types optimum-rbln compiles as image-text-to-text (needs the ``rebel`` SDK or the simulator)."""
+    import optimum.rbln as rbln
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(
+        t for t, name in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.items()
+        if isinstance(name, str) and hasattr(rbln, f"RBLN{name}")
+    )
+
+
+def is_vision_language(config: Any) -> bool:
+    """True for a config with a vision tower whose image-text-to-text class optimum-rbln compiles."""
+    return getattr(config, "vision_config", None) is not None and getattr(config, "model_type", None) in supported_vlm_types()
+
+
+def text_submodule(config: Any) -> str | None:
+    """The optimum-rbln submodule that is the language model (``None``: the model itself is)."""
+    import optimum.rbln as rbln
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+    config_cls = getattr(rbln, f"RBLN{name}Config", None)
+    for candidate in getattr(config_cls, "submodules", None) or ():
+        if candidate in ("language_model", "text_model"):
+            return candidate
+    return None
+
+
+def vlm_rbln_config(options: "CompileOptions", submodule: str | None) -> dict[str, Any]:
+    """optimum-rbln's rbln_config for an image-text-to-text model from ``rbln-eval compile``'s options."""
+    config: dict[str, Any] = dict(options.extra)
+    text: dict[str, Any] = dict(config.get(submodule) or {}) if submodule else config
+    if options.batch_size is not None:
+        config["batch_size"] = options.batch_size
+        if submodule:
+            text["batch_size"] = options.batch_size
+    if options.dtype is not None:
+        config["dtype"] = options.dtype
+    if options.max_seq_len is not None:
+        text["max_seq_len"] = options.max_seq_len
+    if options.tp is not None:
+        text["num_devices"] = options.tp
+    text.setdefault("logits_to_keep", 0 if options.logits == "all" else 1)
+    if submodule:
+        text.setdefault("use_inputs_embeds", True)
+        config[submodule] = text
+    return config
+
+
+def default_max_seq_len(config: Any) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Fill the default sequence length and record the image settings (``image``, key only)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in PATCHES_PER_IMAGE_TYPES and not (rbln_config.get("visual") or {}).get("max_seq_len"):
+        raise ConfigError(
+            f"{model_type} needs its vision tower's patches per image at compile time: pass "
+            """--rbln-config '{"visual": {"max_seq_len": N}}' with N at least the patches of the largest image """
+            "(e.g. 6400 for 1120x1120 images in 14-pixel patches)"
+        )
+    submodule = text_submodule(config)
+    text = rbln_config.setdefault(submodule, {}) if submodule else rbln_config
+    length = default_max_seq_len(config)
+    if length:
+        text.setdefault("max_seq_len", length)
+    rbln_config["image"] = image_settings(config)
+    return rbln_config
+
+
+def image_settings(config: Any) -> dict[str, Any]:
+    """The model's image settings that change the compiled graphs (image size, patching, feature layers)."""
+    vision = getattr(config, "vision_config", None)
+    settings: dict[str, Any] = {"model_type": getattr(vision, "model_type", None)}
+    for name in _IMAGE_FIELDS:
+        value = getattr(vision, name, None)
+        if value is not None:
+            settings[name] = value
+    for name in _TOP_IMAGE_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
+#: The processor's own files (image processor, processor, chat template), copied when it cannot be built here.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "chat_template.jinja", "chat_template.json")
+
+
+def save_processor(model_id: str, directory: Path, load_kwargs: dict[str, Any], log: Any = None) -> None:
+    """Make sure the bundle carries the processor (image processor, tokenizer, chat template).
+
+    When transformers cannot build the processor on this machine (Qwen2-VL's needs torchvision for its video
+    processor), its files are copied as they are, so the bundle is complete for the machines that run it.
+    """
+    if (directory / "processor_config.json").exists() or (directory / "preprocessor_config.json").exists():
+        return
+    from transformers import AutoProcessor
+
+    try:
+        AutoProcessor.from_pretrained(model_id, **load_kwargs).save_pretrained(directory)
+        return
+    except (ImportError, OSError, ValueError, TypeError) as exc:
+        if log is not None:
+            log.write(f"rbln-eval: the processor cannot be built here ({type(exc).__name__}: {exc}); copying its files\n")
+    for name in PROCESSOR_FILES:
+        if (directory / name).exists():
+            continue
+        local = Path(model_id) / name
+        if local.is_file():
+            (directory / name).write_bytes(local.read_bytes())
+        elif not Path(model_id).is_dir():
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                path = hf_hub_download(model_id, name, revision=load_kwargs.get("revision"), token=load_kwargs.get("token"))
+            except EntryNotFoundError:
+                continue
+            (directory / name).write_bytes(Path(path).read_bytes())
+
+
+def load_processor(path: Path) -> Any:
+    """The bundle's processor, or ``None`` when transformers cannot build it on this machine."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (ImportError, OSError, ValueError, TypeError) as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("the processor of %s cannot be built here: %s", path, exc)
+        return None
