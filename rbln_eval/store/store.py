@@ -17,7 +17,6 @@ manifest and stats the files: its cost does not grow with bundle bytes. :meth:`S
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -25,35 +24,38 @@ import secrets
 import shutil
 import socket
 import time
-import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
-from urllib.parse import quote, unquote
 
 from filelock import FileLock, Timeout
 
 from rbln_eval.util.atomic import publish_dir, write_atomic
-from rbln_eval.util.constants import DEFAULT_STORE, DIGEST_RE, HEX_RE, STORE_ENV
+from rbln_eval.util.units import utc_now
+from rbln_eval.util.constants import DEFAULT_STORE, DIGEST_RE, STORE_ENV
 from rbln_eval.errors import (
     BuildFailedError,
     BundleNotFoundError,
     CorruptBundleError,
-    RblnEvalError,
     StoreNotWritableError,
 )
-from rbln_eval.util.hashing import sha256_file
 from rbln_eval.identity import BundleKey
+from rbln_eval.store.bundle import (
+    BUILD_LOG_NAME,
+    MANIFEST_NAME,
+    Bundle,
+    Manifest,
+    check_files,
+    scan_files,
+    write_manifest,
+)
+from rbln_eval.store.aliases import AliasTable
 from rbln_eval.store.refs import is_digest, match_reference
+from rbln_eval.store.upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "rbln-eval-manifest.json"
-BUILD_LOG_NAME = "rbln-eval-build.log"
-MANIFEST_SCHEMA = 1
-_LOG_TAIL_LINES = 200
-_STALE_TMP_SECONDS = 7 * 24 * 3600
 
 
 def default_store_path() -> Path:
@@ -63,168 +65,6 @@ def default_store_path() -> Path:
 # --------------------------------------------------------------------------------------------------
 # Manifest and bundle
 # --------------------------------------------------------------------------------------------------
-
-
-def is_safe_relpath(name: str) -> bool:
-    """A manifest path that stays inside the bundle: relative, POSIX, no ``..``, no empty parts."""
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
-        return False
-    parts = PurePosixPath(name).parts
-    return all(part not in ("", ".", "..") for part in parts) and name != MANIFEST_NAME
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a bundle is (its key) and what it holds (every file's sha256 and size)."""
-
-    digest: str
-    key: BundleKey
-    files: dict[str, FileEntry]
-    created: str
-    build_seconds: float
-    info: dict[str, Any] = field(default_factory=dict)
-    schema: int = MANIFEST_SCHEMA
-
-    @property
-    def total_size(self) -> int:
-        return sum(entry.size for entry in self.files.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "digest": self.digest,
-            "key": self.key.fields(),
-            "files": {name: {"sha256": e.sha256, "size": e.size} for name, e in sorted(self.files.items())},
-            "created": self.created,
-            "build_seconds": round(self.build_seconds, 3),
-            "build_log": BUILD_LOG_NAME if BUILD_LOG_NAME in self.files else None,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> "Manifest":
-        """Parse and validate; any inconsistency raises :class:`CorruptBundleError` naming ``where``."""
-
-        def bad(reason: str) -> CorruptBundleError:
-            return CorruptBundleError(
-                f"malformed manifest in {where}: {reason}", "remove it with `rbln-eval rm` (or `rbln-eval gc`) and rebuild"
-            )
-
-        if not isinstance(data, dict):
-            raise bad("not a JSON object")
-        if data.get("schema") != MANIFEST_SCHEMA:
-            raise bad(f"unsupported schema {data.get('schema')!r}")
-        digest = data.get("digest")
-        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise bad("missing or invalid digest")
-        try:
-            key = BundleKey.from_fields(data.get("key") or {})
-        except (RblnEvalError, TypeError, ValueError) as exc:
-            raise bad(f"invalid key ({exc})") from None
-        if key.digest != digest:
-            raise bad("the key does not hash to the recorded digest")
-        files_raw = data.get("files")
-        if not isinstance(files_raw, dict) or not files_raw:
-            raise bad("no file list")
-        files: dict[str, FileEntry] = {}
-        for name, entry in files_raw.items():
-            if not is_safe_relpath(name):
-                raise bad(f"unsafe file path {name!r}")
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("sha256"), str)
-                or not DIGEST_RE.match(entry["sha256"])
-                or not isinstance(entry.get("size"), int)
-                or entry["size"] < 0
-            ):
-                raise bad(f"invalid entry for {name!r}")
-            files[name] = FileEntry(entry["sha256"], entry["size"])
-        return cls(
-            digest=digest,
-            key=key,
-            files=files,
-            created=str(data.get("created", "")),
-            build_seconds=float(data.get("build_seconds") or 0.0),
-            info=dict(data.get("info") or {}),
-        )
-
-    @classmethod
-    def read(cls, bundle_dir: Path) -> "Manifest":
-        path = bundle_dir / MANIFEST_NAME
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CorruptBundleError(
-                f"{bundle_dir} has no {MANIFEST_NAME}; remove it with `rbln-eval gc` or rebuild"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise CorruptBundleError(
-                f"malformed manifest in {bundle_dir}: {exc}; remove it with `rbln-eval rm` and rebuild"
-            ) from None
-        return cls.from_json(data, str(bundle_dir))
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A published bundle: a directory that optimum-rbln loads with ``from_pretrained(path, export=False)``."""
-
-    path: Path
-    manifest: Manifest
-
-    @property
-    def digest(self) -> str:
-        return self.manifest.digest
-
-    @property
-    def key(self) -> BundleKey:
-        return self.manifest.key
-
-    @classmethod
-    def open(cls, path: Path, expected_digest: str | None = None) -> "Bundle":
-        """Open a bundle directory and check it cheaply (manifest + file sizes)."""
-        manifest = Manifest.read(path)
-        if expected_digest is not None and manifest.digest != expected_digest:
-            raise CorruptBundleError(
-                f"{path} holds bundle {manifest.digest[:12]}, not {expected_digest[:12]}; remove it with `rbln-eval rm`"
-            )
-        for name, entry in manifest.files.items():
-            try:
-                size = (path / name).stat().st_size
-            except FileNotFoundError:
-                raise CorruptBundleError(
-                    f"bundle {manifest.digest[:12]} is missing {name}; run `rbln-eval verify` and rebuild"
-                ) from None
-            if size != entry.size:
-                raise CorruptBundleError(
-                    f"bundle {manifest.digest[:12]}: {name} has {size} bytes, the manifest says {entry.size}; "
-                    "run `rbln-eval verify` and rebuild"
-                )
-        return cls(path=path, manifest=manifest)
-
-
-def scan_files(root: Path) -> dict[str, FileEntry]:
-    """sha256 and size of every file under ``root`` except the manifest."""
-    entries: dict[str, FileEntry] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_symlink():
-            raise RblnEvalError(f"bundle files must be regular files, {path} is a symlink")
-        if not path.is_file():
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME:
-            continue
-        entries[rel] = FileEntry(sha256_file(path), path.stat().st_size)
-    return entries
-
-
-def write_manifest(root: Path, manifest: Manifest) -> None:
-    write_atomic(root / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,56 +94,12 @@ class BuildResult:
     built: bool
 
 
-@dataclass(frozen=True)
-class VerifyProblem:
-    file: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class GcItem:
-    kind: str  # "tmp" | "failure" | "ref" | "bundle"
-    path: Path
-
-
-def check_files(
-    root: Path, manifest: Manifest, on_bytes: Callable[[int], None] | None = None
-) -> list[VerifyProblem]:
-    """Compare a directory with a manifest by full sha256: every listed file, nothing else, regular files only."""
-    problems: list[VerifyProblem] = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME:
-            continue
-        if path.is_symlink() or not (path.is_file() or path.is_dir()):
-            problems.append(VerifyProblem(rel, "not a regular file"))
-        elif path.is_file() and rel not in manifest.files:
-            problems.append(VerifyProblem(rel, "not in the manifest"))
-    for name, entry in sorted(manifest.files.items()):
-        path = root / name
-        if path.is_symlink() or not path.is_file():
-            problems.append(VerifyProblem(name, "missing"))
-            continue
-        size = path.stat().st_size
-        if size != entry.size:
-            problems.append(VerifyProblem(name, f"size {size} != {entry.size}"))
-        elif sha256_file(path) != entry.sha256:
-            problems.append(VerifyProblem(name, "sha256 mismatch"))
-        if on_bytes is not None:
-            on_bytes(entry.size)
-    return problems
-
-
-def _utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 # --------------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------------
 
 
-class Store:
+class Store(AliasTable, Upkeep):
     """A directory of content-addressed bundles with aliases, failure records and build locks."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
@@ -486,13 +282,13 @@ class Store:
                 digest=digest,
                 key=key,
                 files=scan_files(tmp),
-                created=_utcnow(),
+                created=utc_now(),
                 build_seconds=time.monotonic() - started,
                 info=info,
             )
             write_manifest(tmp, manifest)
         except Exception as exc:
-            self._record_failure(key, tmp, exc)
+            self.record_failure(key, tmp, exc)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         except BaseException:  # interrupted: no failure record, nothing left behind
@@ -595,159 +391,3 @@ class Store:
             return
         for path in self.tmp_dir.glob(f"{digest}.*"):
             shutil.rmtree(path, ignore_errors=True)
-
-    # failures -----------------------------------------------------------------------------------
-    def _record_failure(self, key: BundleKey, tmp: Path, exc: BaseException) -> None:
-        try:
-            lines = (tmp / BUILD_LOG_NAME).read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        record = {
-            "digest": key.digest,
-            "key": key.fields(),
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exception(exc),
-            "time": _utcnow(),
-            "log_tail": lines[-_LOG_TAIL_LINES:],
-        }
-        try:
-            self.failures_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.failures_dir / f"{key.digest}.json", json.dumps(record, indent=2))
-        except OSError as write_error:
-            logger.warning("could not record the failed build of %s: %s", key.digest[:12], write_error)
-
-    def failure(self, digest: str) -> dict[str, Any] | None:
-        path = self.failures_dir / f"{digest}.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"error": "unreadable failure record"}
-
-    def clear_failure(self, digest: str) -> None:
-        (self.failures_dir / f"{digest}.json").unlink(missing_ok=True)
-
-    def failures(self) -> dict[str, dict[str, Any]]:
-        if not self.failures_dir.is_dir():
-            return {}
-        return {p.stem: self.failure(p.stem) or {} for p in sorted(self.failures_dir.glob("*.json"))}
-
-    # refs ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _ref_filename(alias: str) -> str:
-        return quote(alias, safe="@:+-_.,=")
-
-    def read_ref(self, alias: str) -> str | None:
-        try:
-            digest = (self.refs_dir / self._ref_filename(alias)).read_text().strip()
-        except (OSError, ValueError):
-            return None
-        return digest if DIGEST_RE.match(digest) else None
-
-    def set_ref(self, alias: str, digest: str) -> None:
-        """Point ``alias`` at ``digest`` (atomic replace)."""
-        if not alias or alias.strip() != alias or HEX_RE.match(alias) or "\n" in alias:
-            raise RblnEvalError(
-                f"invalid alias {alias!r}: use a name such as model@revision:tag (not a bare hex string)"
-            )
-        if self.lookup(digest) is None:
-            raise BundleNotFoundError(f"no bundle {digest[:12]} in store {self.root}")
-        self.ensure_writable()
-        write_atomic(self.refs_dir / self._ref_filename(alias), digest + "\n")
-
-    def refs(self) -> dict[str, str]:
-        if not self.refs_dir.is_dir():
-            return {}
-        out: dict[str, str] = {}
-        for path in sorted(self.refs_dir.iterdir()):
-            if path.name.startswith("."):
-                continue
-            digest = self.read_ref(unquote(path.name))
-            if digest is not None:
-                out[unquote(path.name)] = digest
-        return out
-
-    def remove_ref(self, alias: str) -> bool:
-        path = self.refs_dir / self._ref_filename(alias)
-        if not path.exists():
-            return False
-        path.unlink()
-        return True
-
-    # maintenance --------------------------------------------------------------------------------
-    def verify(self, bundle: Bundle, on_bytes: Callable[[int], None] | None = None) -> list[VerifyProblem]:
-        """Re-hash every file; list missing, resized, altered, unexpected and non-regular files."""
-        return check_files(bundle.path, bundle.manifest, on_bytes)
-
-    def remove(self, bundle: Bundle) -> list[str]:
-        """Delete a stored bundle and the aliases that point to it; returns the removed aliases."""
-        if bundle.path.parent != self.bundles_dir:
-            raise RblnEvalError(f"{bundle.path} is not in store {self.root}; nothing removed")
-        self.ensure_writable()
-        removed = [alias for alias, digest in self.refs().items() if digest == bundle.digest]
-        for alias in removed:
-            self.remove_ref(alias)
-        self._discard_dir(bundle.path)
-        return removed
-
-    def _discard_dir(self, path: Path) -> None:
-        """Make ``path`` disappear atomically (rename into tmp), then delete it."""
-        graveyard = self.tmp_dir / f"deleted.{path.name}.{secrets.token_hex(4)}"
-        os.rename(path, graveyard)
-        shutil.rmtree(graveyard, ignore_errors=True)
-
-    def gc(self, *, unreferenced: bool = False, dry_run: bool = False) -> list[GcItem]:
-        """Remove abandoned temporaries, failure records, dangling aliases and (optionally) unaliased bundles."""
-        if not self.root.is_dir():
-            return []
-        if not dry_run:
-            self.ensure_writable()
-        items: list[GcItem] = []
-        if self.tmp_dir.is_dir():
-            for path in sorted(self.tmp_dir.iterdir()):
-                if self._tmp_is_abandoned(path):
-                    items.append(GcItem("tmp", path))
-        items += [GcItem("failure", self.failures_dir / f"{d}.json") for d in self.failures()]
-        live = set(self.digests())
-        refs = self.refs()
-        items += [GcItem("ref", self.refs_dir / self._ref_filename(a)) for a, d in refs.items() if d not in live]
-        if unreferenced:
-            referenced = set(refs.values())
-            items += [GcItem("bundle", self.bundle_path(d)) for d in sorted(live - referenced)]
-        if not dry_run:
-            for item in items:
-                if item.kind == "bundle":
-                    self._discard_dir(item.path)
-                elif item.path.is_dir():
-                    shutil.rmtree(item.path, ignore_errors=True)
-                else:
-                    item.path.unlink(missing_ok=True)
-        return items
-
-    def _tmp_is_abandoned(self, path: Path) -> bool:
-        if path.name.startswith(".probe."):
-            return True
-        if path.name.startswith("deleted."):
-            return True
-        digest = path.name.split(".", 1)[0]
-        if not DIGEST_RE.match(digest):
-            return time.time() - path.stat().st_mtime > _STALE_TMP_SECONDS
-        lock = self.lock(digest)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return False  # its builder holds the lock: still running
-        lock.release()
-        return True
-
-    def size_bytes(self) -> int:
-        total = 0
-        if self.root.is_dir():
-            for dirpath, _dirs, files in os.walk(self.root):
-                for name in files:
-                    try:
-                        total += os.lstat(os.path.join(dirpath, name)).st_size
-                    except OSError:
-                        pass
-        return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 
 def human_size(num: int) -> str:
     """``1536`` → ``"1.5 KB"`` (binary multiples)."""
@@ -11,3 +13,8 @@ def human_size(num: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{num} B"
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -15,9 +15,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from rbln_eval.families.causal.backend import CausalBackend
+from rbln_eval.families.vision_language.compile import TEXT_SUBMODULES
 from rbln_eval.core.programs import Open, Program
 
-TEXT_SUBMODULES = ("language_model", "text_model")
 #: Image feature sets kept per backend (most recently used).
 FEATURE_CACHE = 16
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from rbln_eval.families.base import CompileOptions
 
 #: compile-config entries that only inform the key (and ``explain``), never passed to optimum-rbln.
+#: optimum-rbln submodules that are the language model of a vision-language model.
+TEXT_SUBMODULES = ("language_model", "text_model")
 KEY_ONLY_FIELDS = ("image",)
 #: Image settings that shape the vision graphs and the number of image tokens.
 _IMAGE_FIELDS = ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "num_channels")
@@ -54,13 +56,13 @@ def text_submodule(config: Any) -> str | None:
     name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(getattr(config, "model_type", ""))
     config_cls = getattr(rbln, f"RBLN{name}Config", None)
     for candidate in getattr(config_cls, "submodules", None) or ():
-        if candidate in ("language_model", "text_model"):
+        if candidate in TEXT_SUBMODULES:
             return candidate
     return None
 
 
 def vlm_rbln_config(options: "CompileOptions", submodule: str | None) -> dict[str, Any]:
-    """optimum-rbln's rbln_config for an image-text-to-text model from ``rbln-eval compile``'s options."""
+    """optimum-rbln's rbln_config for an image-text-to-text model: the language model's settings go to its submodule."""
     config: dict[str, Any] = dict(options.extra)
     text: dict[str, Any] = dict(config.get(submodule) or {}) if submodule else config
     if options.batch_size is not None:

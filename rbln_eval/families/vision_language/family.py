@@ -11,9 +11,10 @@ from rbln_eval.core.programs import Program
 from rbln_eval.core.work import Work
 from rbln_eval.families.base import CompileOptions
 from rbln_eval.families.causal import CausalFamily
-from rbln_eval.families.vision_language.backend import TEXT_SUBMODULES, vision_language_backend, with_images
+from rbln_eval.families.vision_language.backend import vision_language_backend, with_images
 from rbln_eval.families.vision_language.compile import (
     KEY_ONLY_FIELDS,
+    TEXT_SUBMODULES,
     complete_config,
     is_vision_language,
     save_processor,
