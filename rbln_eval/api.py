@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rbln_eval.build.workflow import CompileRequest
     from rbln_eval.core.lm import BundleLM
     from rbln_eval.core.work import Executor
+    from rbln_eval.evaluation.evaluate import EvalOptions
     from rbln_eval.remotes import Remote
 
 #: ``remotes=`` of :func:`obtain_bundle`: every configured remote (True), none (False), one by name,
@@ -98,6 +99,15 @@ def obtain_bundle(
     return Obtained(result.bundle, "compiled" if result.built else "raced")
 
 
+@dataclass(frozen=True)
+class GrowingPool:
+    """Replicas for a Ray task that holds ``{"RBLN": tp}``: the first in this process, on the task's NPUs,
+    more joining as Ray actors while NPUs are free (:class:`~rbln_eval.execution.pool.Growing`)."""
+
+    source: Any = None  # ``fetch() -> Bundle`` on each replica's node, when the bundle may have to be pulled there
+    on_change: Callable[[int], None] | None = None  # hears how many replicas are loaded (0 once closed)
+
+
 def open_executor(
     bundle: Bundle,
     device: Any = None,
@@ -105,6 +115,7 @@ def open_executor(
     data_parallel: int | None = None,
     ray: str | None = None,
     groups: list[list[int]] | None = None,
+    growing: GrowingPool | None = None,
 ) -> "Executor":
     """Replicas of ``bundle``: one in this process, or a worker per device group when there are several.
 
@@ -112,16 +123,22 @@ def open_executor(
     the bundle's tensor parallelism; ``data_parallel`` K alone takes K groups of free NPUs. With ``ray``
     (a cluster address, or ``auto``) the K replicas are Ray actors of ``{"RBLN": tp}`` each, placed by Ray.
     ``groups`` is a placement already checked (:func:`rbln_eval.evaluation.preflight.check_devices`).
+    ``growing`` (inside a Ray task holding NPUs) starts one replica here and adds more while NPUs are free.
     """
     from rbln_eval.execution.devices import plan_replicas
 
+    if growing is not None:
+        if device is not None or devices or data_parallel is not None or ray or groups is not None:
+            raise ConfigError("a growing pool places its replicas itself: pass no placement with it")
+        from rbln_eval.execution.pool.growing import open_growing_pool
+
+        return open_growing_pool(bundle, growing.source, growing.on_change)  # type: ignore[return-value]
     if ray:
         if device is not None or devices:
             raise ConfigError("places replicas itself", "drop {device} and {devices}, or drop {ray}", option="ray")
         if data_parallel is not None and data_parallel < 1:
             raise ConfigError(f"must be a positive integer, got {data_parallel}", option="data_parallel")
-        from rbln_eval.execution.pool import PoolExecutor
-        from rbln_eval.execution.ray_transport import RayTransport
+        from rbln_eval.execution.pool import PoolExecutor, RayTransport
 
         transport = RayTransport(None if ray == "local" else ray, bundle.key.tensor_parallel)
         return PoolExecutor(bundle, [[] for _ in range(data_parallel or 1)], transport)
@@ -168,3 +185,34 @@ def open_lm(
     except BaseException:
         executor.close()
         raise
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    options: "EvalOptions",
+    task_manager: Any = None,
+    *,
+    executor: "Executor | None" = None,
+    device: Any = None,
+    devices: str | None = None,
+    data_parallel: int | None = None,
+    ray: str | None = None,
+    groups: list[list[int]] | None = None,
+    compiled_now: bool = False,
+    lm_args: dict[str, Any] | None = None,
+    **evaluate_args: Any,
+) -> dict[str, Any] | None:
+    """Score ``bundle`` with lm_eval: its lm over its replicas (:func:`open_lm`), evaluated, closed.
+
+    ``executor`` gives replicas already started (they are closed at the end, as the lm's); else they are
+    placed as :func:`open_executor` places them. ``evaluate_args`` go to
+    :func:`rbln_eval.evaluation.evaluate.evaluate`. Returns its results (None when lm_eval returns none).
+    """
+    from rbln_eval.evaluation.evaluate import evaluate
+
+    lm = open_lm(
+        bundle, device, devices, data_parallel, ray, compiled_now=compiled_now, groups=groups, executor=executor,
+        **(lm_args or {}),
+    )
+    with lm:
+        return evaluate(lm, options, task_manager=task_manager, **evaluate_args)

@@ -71,5 +71,71 @@ class ConfigError(RblnEvalError):
     """A compile or evaluation setting is malformed."""
 
 
+class HubUnreachableError(RblnEvalError):
+    """The Hub (``HF_ENDPOINT``) cannot be reached and the files needed are not in the HF cache."""
+
+
+class NotCachedError(RblnEvalError):
+    """Offline mode is on and a model or dataset is not in the HF cache."""
+
+
+class ReferenceModelError(RblnEvalError):
+    """The model a bundle was compiled from cannot be found for the reference run."""
+
+
+class PlanError(ConfigError):
+    """A sweep plan is malformed."""
+
+
+class UnsupportedModelError(RblnEvalError):
+    """The model's architecture is in no family that rbln-eval and optimum-rbln both know."""
+
+
+class ArtifactConversionError(RblnEvalError):
+    """optimum-rbln wrote torch artifacts that are not plain ``{group: {name: tensor}}`` tensors."""
+
+
+class RemoteError(RblnEvalError):
+    """A remote cannot be reached, read or written."""
+
+
+class RemoteConfigError(RblnEvalError):
+    """A remote name or location is unknown or malformed."""
+
+
+class BundleRefusedError(RblnEvalError):
+    """A remote bundle does not match its manifest (or its manifest is unsafe): nothing was stored."""
+
+
+class MultimodalRequestError(RblnEvalError):
+    """A multimodal request that this bundle cannot score as given."""
+
+
+class DevicePlacementError(RblnEvalError):
+    """Devices asked for do not exist, or do not split into replicas of the bundle's tensor parallelism."""
+
+
+class IncompatibleBundleError(RblnEvalError):
+    """The bundle was compiled for another target or toolchain than this machine has."""
+
+
+class RuntimeCreationError(RblnEvalError):
+    """optimum-rbln could not create the bundle's runtimes on the devices (a device or driver fault)."""
+
+    exit_code = 1
+
+
+class WorkerDiedError(RblnEvalError):
+    """A worker process exited while it had work (or while loading); the evaluation has no scores."""
+
+
+class WorkerFailedError(RblnEvalError):
+    """A worker raised an error that is not a user error; its traceback is logged."""
+
+
+class RayUnavailableError(RblnEvalError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
 def _rebuild(cls: type[RblnEvalError], what: str, hint: str | None, option: str | None) -> RblnEvalError:
     return cls(what, hint, option=option)

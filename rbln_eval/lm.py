@@ -4,11 +4,13 @@ Three ways in: ``rbln-eval run``; ``lm_eval.simple_evaluate(model=RBLNLM(artifac
 ``lm_eval --model rbln --model_args artifact=...`` (through ``rbln-eval lm-eval`` or the ``lm_eval.models``
 entry point). The model_args become one :class:`BundleArgs`, which reaches the bundle through
 :func:`rbln_eval.api.obtain_bundle` and its replicas through :func:`rbln_eval.api.open_executor`; the scoring
-is :class:`~rbln_eval.core.lm.BundleLM`'s.
+is :class:`~rbln_eval.core.lm.BundleLM`'s, or that of the bundle family's own lm class when it is scored as ``rbln``
+too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, fields
 from typing import Any
@@ -43,8 +45,8 @@ class BundleArgs:
     data_parallel: int | None = None
     ray: str | None = None
 
-    #: The model_args spelling of each compile option.
-    COMPILE_ARGS = {"rbln_batch_size": "batch_size", "rbln_max_seq_len": "max_seq_len", "rbln_tensor_parallel_size": "tp", "logits": "logits"}
+    #: The compile options by their model_args spelling.
+    COMPILE_ARGS = {arg: option for option, arg in CompileOptions.MODEL_ARGS.items()}
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -62,7 +64,7 @@ class BundleArgs:
         for arg, option in cls.COMPILE_ARGS.items():
             if arg in given:
                 value = given.pop(arg)
-                compile_values[option] = value if option == "logits" else as_int(value, arg)
+                compile_values[option] = value if option in ("logits", "dtype") else as_int(value, arg)
         remote = given.get("remote", True)
         if not (isinstance(remote, str) and is_true_word(remote) is None):
             remote = as_bool(remote, "remote")  # a remote's name, or every configured remote / none
@@ -94,15 +96,61 @@ def open_from_model_args(cls: type[BundleLM], kwargs: dict[str, Any]) -> tuple[E
 
 @register_model("rbln")
 class RBLNLM(BundleLM):
-    """``rbln``: score the bundle that model_args name (``artifact=`` or ``pretrained=``), or ``executor``'s."""
+    """``rbln``: score the bundle that model_args name (``artifact=`` or ``pretrained=``), or ``executor``'s.
+
+    The instance is of the bundle family's lm class when that class is scored as ``rbln`` too (its
+    ``MODEL_NAME``), combined with this one (:func:`scoring_class`); otherwise of this class.
+    """
 
     MODEL_ARGS = BundleArgs.names() + BundleLM.SCORING_ARGS
 
-    def __init__(self, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> None:
+    def __new__(cls, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> "RBLNLM":
         if executor is None:
-            executor, compiled_now = open_from_model_args(type(self), model_args)
+            check_names(cls, model_args)  # before anything is opened
+            executor, compiled_now = BundleArgs.parse(dict(model_args)).open()
+        instance = super().__new__(scoring_class(cls, executor.family.lm_class))
+        instance.opened = (executor, compiled_now)
+        return instance
+
+    def __init__(self, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> None:
+        opened = self.__dict__.pop("opened", None)
+        if executor is None and opened is not None:
+            executor, compiled_now = opened
+            model_args = {name: value for name, value in model_args.items() if name not in BundleArgs.names()}
+        assert executor is not None
         try:
             super().__init__(executor, compiled_now, **model_args)
         except BaseException:
             executor.close()
             raise
+
+
+def rbln_lm_classes(cls: type[RBLNLM]) -> list[type[BundleLM]]:
+    """The registered families' lm classes scored under ``cls``'s model name, besides :class:`BundleLM`."""
+    from rbln_eval.families.registry import families
+
+    found = []
+    for family in families():
+        lm_class = family.lm_class
+        if lm_class is not BundleLM and getattr(lm_class, "MODEL_NAME", None) == cls.MODEL_NAME and lm_class not in found:
+            found.append(lm_class)
+    return found
+
+
+def check_names(cls: type[RBLNLM], model_args: dict[str, Any]) -> None:
+    """Refuse model_args that neither ``cls`` nor any lm class it may become takes."""
+    accepted = list(cls.MODEL_ARGS)
+    for lm_class in rbln_lm_classes(cls):
+        accepted += [name for name in lm_class.MODEL_ARGS if name not in accepted]
+    unknown = sorted(set(model_args) - set(accepted))
+    if unknown:
+        raise ConfigError(f"unknown model_args for {cls.MODEL_NAME}: {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+
+
+@functools.lru_cache(maxsize=None)
+def scoring_class(cls: type[RBLNLM], lm_class: type) -> type[RBLNLM]:
+    """``cls``, or ``cls`` combined with a family's own lm class scored under the same model name."""
+    if lm_class not in rbln_lm_classes(cls) or issubclass(cls, lm_class):
+        return cls
+    names = BundleArgs.names() + tuple(lm_class.MODEL_ARGS)
+    return type(f"{cls.__name__}{lm_class.__name__}", (cls, lm_class), {"MODEL_ARGS": names, "__module__": __name__})

@@ -12,7 +12,8 @@ from lm_eval.api.registry import register_model
 
 from rbln_eval.core.work import Executor
 from rbln_eval.errors import ConfigError
-from rbln_eval.families.vision_language.lm import MultimodalRequestError, VisionLanguageLM
+from rbln_eval.errors import MultimodalRequestError
+from rbln_eval.families.vision_language.lm import VisionLanguageLM
 from rbln_eval.lm import BundleArgs, open_from_model_args
 
 

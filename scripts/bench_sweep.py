@@ -51,7 +51,7 @@ def _warm() -> str:
     """A cell's imports, done once in a worker process (Ray reuses it for the cells that follow)."""
     import time as clock
 
-    import rbln_eval.execution.preload as preload
+    import rbln_eval.execution.pool.preload as preload
 
     preload.warm()
     clock.sleep(1.0)  # hold the NPU slot, so every slot gets its own worker
@@ -70,7 +70,7 @@ def cluster(nodes: int):
     import ray
     from ray.cluster_utils import Cluster
 
-    from rbln_eval.execution.ray_transport import forwarded_env
+    from rbln_eval.execution.pool import forwarded_env
 
     started = time.monotonic()
     head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"RBLN": 2}, "node_ip_address": "127.0.0.1"})
@@ -90,7 +90,7 @@ def main() -> int:
     import ray
 
     from rbln_eval.store import Store
-    from rbln_eval.sweep.sweep import load_plan, run_sweep
+    from rbln_eval.sweep import load_plan, run_sweep
 
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     store = Store(work / "store")

@@ -42,6 +42,7 @@ def test_doctor_without_npu(store: Path) -> None:
     assert "rebel-compiler  not installed" in out
     assert "NPUs: 0 (no rebel SDK; rbln-smi (or rbln-stat) not on PATH)" in out
     assert "no NPU found: bundles can still be compiled for a target, e.g. `rbln-eval compile MODEL --npu RBLN-CA25`" in out
+    assert "  to try rbln-eval here without an NPU, set RBLN_EVAL_SIMULATE=1: a CPU simulator of the rebel SDK" in out
     assert "CUDA: none" in out and "this machine: cpu" in out
     assert f"store: {store} (0 bundle(s)" in out
     assert f"team  dir  {store.parent / 'shared'}" in out

@@ -5,7 +5,6 @@ directory unchanged, and (for ``run``) before any bundle is loaded or compiled."
 from __future__ import annotations
 
 import socket
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -16,40 +15,7 @@ from conftest import tree_snapshot
 from lmhelpers import MODEL_DIRS, TASKS_DIR, shared_bundle
 from rbln_eval.store import Bundle
 from remotehelpers import cli
-
-HUB_TASK = textwrap.dedent(
-    """\
-    task: tiny_hub
-    dataset_path: org/tiny
-    output_type: loglikelihood
-    test_split: test
-    doc_to_text: "{{text}}"
-    doc_to_target: "{{target}}"
-    metric_list:
-      - metric: acc
-        aggregation: mean
-        higher_is_better: true
-    metadata:
-      version: 1.0
-    """
-)
-BROKEN_TASK = textwrap.dedent(
-    """\
-    task: tiny_broken
-    dataset_path: json
-    custom_dataset: !function broken.load
-    output_type: loglikelihood
-    test_split: test
-    doc_to_text: "{{text}}"
-    doc_to_target: "{{target}}"
-    metric_list:
-      - metric: acc
-        aggregation: mean
-        higher_is_better: true
-    metadata:
-      version: 1.0
-    """
-)
+from taskhelpers import write_task, write_tiny_hub_task
 
 
 def closed_port() -> int:
@@ -76,8 +42,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fault-tasks")
-    (root / "tiny_hub.yaml").write_text(HUB_TASK)
-    (root / "tiny_broken.yaml").write_text(BROKEN_TASK)
+    write_tiny_hub_task(root)
+    write_task(root, "tiny_broken", {"dataset_path": "json", "custom_dataset": "!function broken.load"})
     (root / "broken.py").write_text("def load(**kwargs):\n    raise RuntimeError('the data server returned garbage')\n")
     return root
 
@@ -157,7 +123,7 @@ def test_run_offline_with_the_dataset_not_cached(world: dict[str, Any], bundle: 
         (["--limit", "-1"], "error: --limit must be positive (documents per task, or a fraction below 1), got -1"),
         (
             ["--gen_kwargs", "temperature"],
-            "error: --gen_kwargs 'temperature': 'temperature' is not key=value; write e.g. --gen_kwargs max_gen_toks=64,until=.",
+            "error: argument --gen_kwargs: expected `key=value`, got 'temperature'",  # lm_eval's parser, as `lm-eval run`
         ),
     ],
     ids=["negative-fewshot", "negative-limit", "gen-kwargs"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,35 +13,19 @@ import pytest
 from hubserver import HubServer
 from lmhelpers import MODEL_DIRS
 from remotehelpers import cli, ok, results_file
+from taskhelpers import TINY_HUB_DATASET, write_tiny_hub_task
 
-DATASET = "org/tiny"
 MODEL = "org/demo-llama"
 ROWS = [{"text": f"The {word} statement is", "target": f" {tail}"} for word, tail in
         [("return", "executed"), ("import", "executed"), ("pass", "a null operation"), ("del", "recursive"),
          ("global", "a declaration"), ("raise", "executed")]]
 README = b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n    path: data/test.jsonl\n---\n# tiny\n"
-TASK = textwrap.dedent(
-    """\
-    task: tiny_hub
-    dataset_path: org/tiny
-    output_type: loglikelihood
-    test_split: test
-    doc_to_text: "{{text}}"
-    doc_to_target: "{{target}}"
-    metric_list:
-      - metric: acc
-        aggregation: mean
-        higher_is_better: true
-    metadata:
-      version: 1.0
-    """
-)
 
 
 @pytest.fixture
 def hub(tmp_path: Path):
     server = HubServer(tmp_path / "hub").start()
-    server.create_dataset(DATASET, {"README.md": README, "data/test.jsonl": "".join(json.dumps(r) + "\n" for r in ROWS).encode()})
+    server.create_dataset(TINY_HUB_DATASET, {"README.md": README, "data/test.jsonl": "".join(json.dumps(r) + "\n" for r in ROWS).encode()})
     server.create_repo(MODEL)
     files = {p.name: p.read_bytes() for p in Path(MODEL_DIRS["causal"]).iterdir() if p.is_file()}
     files["README.md"] = b"# demo llama\n"
@@ -61,7 +44,7 @@ def machine(hf_home: Path, endpoint: str, offline: bool) -> dict[str, str]:
 def test_prefetch_then_run_air_gapped(hub: HubServer, tmp_path: Path) -> None:
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "tiny_hub.yaml").write_text(TASK)
+    write_tiny_hub_task(tasks)
     connected = machine(tmp_path / "connected-hf", hub.url, offline=False)
 
     refused = cli("prefetch", "--tasks", "tiny_hub", "--include_path", str(tasks), env={**connected, "HF_HUB_OFFLINE": "1"})

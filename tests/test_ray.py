@@ -91,7 +91,7 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) 
     from sweephelpers import TASKS, cell_samples, metrics, two_models, write_plan
 
     from rbln_eval.remotes import add_spec, spec_from_location
-    from rbln_eval.sweep.sweep import load_plan, run_sweep
+    from rbln_eval.sweep import load_plan, run_sweep
 
     plan = load_plan(write_plan(tmp_path / "plan.yaml", two_models(), TASKS[:2]))
     store = Store(tmp_path / "store")
@@ -122,8 +122,7 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) 
     )
 
 def test_a_pool_grows_while_it_runs_and_gives_a_lost_replicas_work_to_the_others(cluster, tp2: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rbln_eval.execution.pool import PoolExecutor
-    from rbln_eval.execution.ray_transport import RayTransport
+    from rbln_eval.execution.pool import PoolExecutor, RayTransport
 
     requests = [(None, [5 + i % 7, 6 + i % 3, 7], [8 + i % 5, 9]) for i in range(80)]
     with open_lm(tp2, device="0-1") as lm:
@@ -176,13 +175,13 @@ class _FakePool:
 def test_growing_adds_one_replica_at_a_time_only_onto_free_npus_and_only_for_long_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    import rbln_eval.execution.ray_transport as rx
+    import rbln_eval.execution.pool.growing as growing
 
     free = {"RBLN": 1.0}
-    monkeypatch.setattr(rx, "free_npus", lambda: free["RBLN"])
+    monkeypatch.setattr(growing, "free_npus", lambda: free["RBLN"])
     heard: list[int] = []
     pool = _FakePool(remaining=100.0)
-    with rx.Growing(pool, every=0.01, min_seconds=30.0, on_change=heard.append):
+    with growing.Growing(pool, every=0.01, min_seconds=30.0, on_change=heard.append):
         time.sleep(0.2)
         assert pool.joining == []  # 1 NPU free, the bundle needs 2
         free["RBLN"] = 2.0

@@ -17,7 +17,7 @@ from sweephelpers import TASKS, cell_samples, metrics, two_models, write_plan
 from rbln_eval.api import open_lm
 from rbln_eval.evaluation.evaluate import EvalOptions, evaluate
 from rbln_eval.store import Store
-from rbln_eval.sweep.sweep import PlanError, load_plan, run_sweep
+from rbln_eval.sweep import PlanError, load_plan, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_each_key_compiles_once_and_every_cell_is_scored(swept: dict) -> None:
     result = swept["result"]
     assert result.compiled == 2  # three entries, two keys
     assert len(list((swept["store"].root / "bundles").iterdir())) == 2
-    assert [c.status for c in result.cells] == ["done"] * 12
+    assert [c.status for c in result.cells] == ["scored"] * 12
+    assert str(result.counts) == "12 scored, 0 reused, 0 failed"
     digests = {c.model: c.digest for c in result.cells}
     assert digests["llama-bs2"] == digests["llama-bs2-again"] != digests["llama-last"]
     assert ("compiles", 2, 2) in swept["stages"] and ("cells", 12, 12) in swept["stages"]
@@ -59,14 +60,15 @@ def test_cells_equal_plain_runs_sample_by_sample(swept: dict) -> None:
 def test_summary_and_reports(swept: dict) -> None:
     output = swept["result"].output
     summary = json.loads((output / "summary.json").read_text())
+    assert summary["counts"] == {"scored": 12, "reused": 0, "failed": 0} and summary["compiled"] == 2
     assert [(c["model"], c["task"], c["status"]) for c in summary["cells"]][:2] == [
-        ("llama-bs2", "demo_mc", "done"), ("llama-bs2", "demo_gen", "done"),
+        ("llama-bs2", "demo_mc", "scored"), ("llama-bs2", "demo_gen", "scored"),
     ]
     for cell in summary["cells"]:
         assert cell["digest"] and cell["seconds"] > 0 and cell["devices"] == [0] and cell["metrics"]
     markdown = (output / "summary.md").read_text()
     assert "| model | demo_mc | demo_gen | demo_cloze | demo_ppl |" in markdown
-    assert "12 of 12 cells scored, 0 failed; 2 bundle(s) compiled." in markdown
+    assert "12 cells: 12 scored, 0 reused, 0 failed; 2 bundle(s) compiled." in markdown
     page = (output / "report.html").read_text()
     assert "<svg" in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     (output / "summary.md").unlink()
@@ -79,10 +81,14 @@ def test_resume_compiles_nothing_and_makes_no_device_call(swept: dict) -> None:
     before = sim.counters()
     again = run_sweep(swept["plan"], swept["result"].output, swept["store"])
     assert sim.counters() == before
-    assert again.compiled == 0 and [c.status for c in again.cells] == ["cached"] * 12
+    assert again.compiled == 0 and [c.status for c in again.cells] == ["reused"] * 12
+    summary = json.loads((again.output / "summary.json").read_text())
+    assert summary["counts"] == {"scored": 0, "reused": 12, "failed": 0} and str(again.counts) == "0 scored, 12 reused, 0 failed"
+    assert {c["status"] for c in summary["cells"]} == {"reused"}
+    assert "12 cells: 0 scored, 12 reused, 0 failed; 0 bundle(s) compiled." in (again.output / "summary.md").read_text()
     assert metrics(again) == metrics(swept["result"])
     forced = run_sweep(load_plan(write_plan(swept["root"] / "one.yaml", two_models()[:1], TASKS[:1])), swept["root"] / "out", swept["store"], force=True)
-    assert [c.status for c in forced.cells] == ["done"]
+    assert [c.status for c in forced.cells] == ["scored"]
     assert sum(v["calls"] for v in sim.counters().values()) > sum(v["calls"] for v in before.values())
 
 
@@ -97,12 +103,13 @@ def test_a_failing_compile_fails_its_cells_only_and_exits_1(swept: dict, tmp_pat
     assert result.returncode == 1, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     status = {(c["model"], c["task"]): (c["status"], c["error"]) for c in summary["cells"]}
-    assert status[("llama-bs2", "demo_mc")] == ("done", None) and status[("llama-bs2", "demo_gen")] == ("done", None)
+    assert status[("llama-bs2", "demo_mc")] == ("scored", None) and status[("llama-bs2", "demo_gen")] == ("scored", None)
     for task in ("demo_mc", "demo_gen"):
         state, error = status[("broken", task)]
         assert state == "failed" and error.startswith("compile failed: ValueError: Unexpected arguments"), error
     assert "failed: broken × demo_mc: compile failed: ValueError: Unexpected arguments" in result.stderr
     assert "4 cells: 2 scored, 0 reused, 2 failed; 0 bundle(s) compiled" in result.stderr
+    assert summary["counts"] == {"scored": 2, "reused": 0, "failed": 2}
 
 
 def test_bad_plans_are_refused_with_one_line(tmp_path: Path) -> None:
@@ -141,7 +148,7 @@ def test_reference_hf_records_the_references_scores_and_deltas(swept: dict, tmp_
     result = run_sweep(load_plan(plan_path), tmp_path / "out", swept["store"])
     by_task = {c.task: c for c in result.cells}
     mc, ppl = by_task["demo_mc"], by_task["demo_ppl"]
-    assert mc.status == ppl.status == "done"
+    assert mc.status == ppl.status == "scored"
     assert set(mc.reference) >= {"acc,none", "acc_norm,none"} and mc.deltas["acc,none"] == 0.0
     assert mc.reference["acc,none"] == mc.metrics["acc,none"]
     assert abs(ppl.deltas["word_perplexity,none"]) <= 1e-4 * ppl.reference["word_perplexity,none"]

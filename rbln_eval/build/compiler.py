@@ -13,20 +13,16 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-from rbln_eval.errors import ConfigError, RblnEvalError
+from rbln_eval.errors import RblnEvalError
 from rbln_eval.families.registry import detect_family, families, family_of
 from rbln_eval.store.tensors import convert_pickles
 from rbln_eval.identity import ModelSource
+from rbln_eval.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
-
-
-class UnsupportedModelError(RblnEvalError):
-    """The model's architecture is in no family that rbln-eval and optimum-rbln both know."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The ``rbln-eval`` command line: parse, call the library, print.
 
 One module per command group (:mod:`.store`, :mod:`.build`, :mod:`.evaluate`, :mod:`.remote`,
-:mod:`.sweep`, :mod:`.system`), the option types they share in :mod:`._cli_utils`, and :mod:`._errors`,
-which turns every failure into one line on stderr and its exit status (2 for what the user can fix, 1 for
-the rest, 130 on Ctrl-C); nothing in the store is changed by a command that fails that way.
+:mod:`.sweep`, :mod:`.system`), the option types they share in :mod:`.options`, help and tables that read
+whole at 80 columns in :mod:`.help_format` and :mod:`.tables`, and :mod:`.failures`, which turns every
+failure into one line on stderr and its exit status (2 for what the user can fix, 1 for the rest, 130 on
+Ctrl-C); nothing in the store is changed by a command that fails that way.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ import typer
 
 from rbln_eval import __version__
 from rbln_eval.cli import build, evaluate, remote, store, sweep, system
-from rbln_eval.cli.options import err, out
+from rbln_eval.cli.options import err, out, quiet_lm_eval
 from rbln_eval.cli.failures import run_guarded
+from rbln_eval.cli.help_format import plain_typer
 
-app = typer.Typer(
+app = plain_typer(
     name="rbln-eval",
     help=(
         "Compile language models for Rebellions NPUs once into content-addressed bundles, "
         "and evaluate them with lm-evaluation-harness.\n\n"
         "Example: rbln-eval ls --store artifacts"
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -50,6 +49,7 @@ for _group in (store, build, evaluate, remote, sweep, system):
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: every failure becomes one line on stderr and an exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_lm_eval()
     args = list(sys.argv[1:] if argv is None else argv)
     run_guarded(lambda arguments: app(args=arguments, prog_name="rbln-eval"), args, err)
 

@@ -9,10 +9,12 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from rbln_eval.api import open_lm
+from rbln_eval.api import evaluate_bundle, open_executor, open_lm
 from rbln_eval.errors import RblnEvalError
 from rbln_eval.store import Bundle
 from rbln_eval.cli.options import (
+    BootstrapItersOpt,
+    CompileBatchOpt,
     DeviceOpt,
     DtypeOpt,
     FewshotOpt,
@@ -26,11 +28,11 @@ from rbln_eval.cli.options import (
     RblnConfigOpt,
     RemoteOpt,
     RevisionOpt,
+    RunTrustRemoteCodeOpt,
     SeedOpt,
     StoreOpt,
     TasksOpt,
     TpOpt,
-    TrustRemoteCodeOpt,
     err,
     open_store,
     out,
@@ -40,42 +42,34 @@ from rbln_eval.cli.build import compile_options, obtain_model
 
 
 def _open_replicas(
-    bundle: Bundle, groups: Optional[list[list[int]]], compiled_now: bool, data_parallel: Optional[int] = None,
-    ray: Optional[str] = None,
+    bundle: Bundle, groups: Optional[list[list[int]]], data_parallel: Optional[int] = None, ray: Optional[str] = None
 ) -> Any:
-    """The ``rbln`` model over one replica or K worker processes (or Ray actors), saying where they were placed."""
+    """One replica of ``bundle`` or K worker processes (or Ray actors), saying where they were placed."""
     from rbln_eval.execution.devices import format_devices
 
     with err.status(f"loading bundle {bundle.digest[:12]}…", spinner="dots"):
         if ray:
-            lm = open_lm(bundle, data_parallel=data_parallel, ray=ray, compiled_now=compiled_now)
+            executor = open_executor(bundle, data_parallel=data_parallel, ray=ray)
         else:
-            lm = open_lm(bundle, groups=groups, compiled_now=compiled_now)
-    groups = lm.executor.groups
+            executor = open_executor(bundle, groups=groups)
+    groups = executor.groups
     if groups is not None and len(groups) > 1:
         placed = ", ".join(format_devices(group) for group in groups)
-        err.print(f"loaded {len(groups)} replicas of {bundle.digest[:12]} ({bundle.key.target}) on {placed} in {lm.load_seconds:.1f}s")
+        err.print(
+            f"loaded {len(groups)} replicas of {bundle.digest[:12]} ({bundle.key.target}) on {placed} in {executor.load_seconds:.1f}s"
+        )
     else:
         where = "" if groups is None else f" on {format_devices(groups[0])}"
-        err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}){where} in {lm.load_seconds:.1f}s")
-    return lm
+        err.print(f"loaded {bundle.digest[:12]} ({bundle.key.target}){where} in {executor.load_seconds:.1f}s")
+    return executor
 
 
 def run_command(
+    ctx: typer.Context,
     artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle: digest, prefix, alias or path."),
     model: Optional[str] = typer.Option(None, "--model", help="Model to compile on a miss (with the compile options)."),
-    tasks: TasksOpt = ...,  # type: ignore[assignment]
-    num_fewshot: FewshotOpt = None,
-    limit: LimitOpt = None,
-    batch_size: Optional[str] = typer.Option(None, "--batch_size", "--batch-size", help="Compiled batch size when compiling with --model."),
-    output_path: Optional[str] = typer.Option(None, "--output_path", "--output-path", "-o"),
-    log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", "-s"),
-    include_path: IncludePathOpt = None,
-    gen_kwargs: GenKwargsOpt = None,
-    apply_chat_template: bool = typer.Option(False, "--apply_chat_template", "--apply-chat-template"),
-    fewshot_as_multiturn: bool = typer.Option(False, "--fewshot_as_multiturn", "--fewshot-as-multiturn"),
-    seed: SeedOpt = None,
-    use_cache: Optional[str] = typer.Option(None, "--use_cache", "--use-cache", help="Request cache path prefix (per bundle)."),
+    batch_size: CompileBatchOpt = None,
+    bootstrap_iters: BootstrapItersOpt = None,
     device: DeviceOpt = None,
     devices: Optional[str] = typer.Option(None, "--devices", help="NPUs to use, split into replicas of the bundle's tp (0-7)."),
     data_parallel: Optional[int] = typer.Option(None, "--data-parallel", help="Replicas, each in its own process on its own NPUs."),
@@ -90,41 +84,46 @@ def run_command(
     dtype: DtypeOpt = None,
     rbln_config: RblnConfigOpt = None,
     store: StoreOpt = None,
-    trust_remote_code: TrustRemoteCodeOpt = False,
+    trust_remote_code: RunTrustRemoteCodeOpt = False,
     no_remote: NoRemoteOpt = False,
     remote: RemoteOpt = None,
-    show_config: bool = typer.Option(False, "--show_config", "--show-config", help="Print the full results JSON."),
 ) -> None:
     """Evaluate a bundle with lm-evaluation-harness (compiling it first with --model on a miss).
 
+    Every option of `lm-eval run` is taken as lm_eval takes it (listed below); results are named after the
+    model, as lm_eval's hf model names them: OUTPUT/<model>/results_<time>.json.
+
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
-    from rbln_eval.evaluation.evaluate import EvalOptions, evaluate, parse_seed, summary_json
-    from rbln_eval.evaluation.preflight import check_devices, check_eval_options, load_tasks, requested_tp
+    from rbln_eval.evaluation.evaluate import options_from_lm_eval_args, source_model_name
+    from rbln_eval.evaluation.preflight import check_chat_template, check_devices, check_eval_options, load_tasks, requested_tp
 
     # Cheap checks first: options, tasks, their datasets, devices; only then a bundle is loaded or compiled.
     if bool(artifact) == bool(model):
         raise RblnEvalError("pass exactly one of --artifact REF or --model MODEL")
-    check_eval_options(num_fewshot, limit, gen_kwargs)
-    compile_batch = None
-    if model and batch_size is not None:
-        try:
-            compile_batch = int(batch_size)
-        except ValueError:
-            raise RblnEvalError(f"--batch_size {batch_size!r} must be an integer (the compiled batch size)") from None
-    task_list = split_tasks(tasks)
-    options = EvalOptions(
-        tasks=task_list, num_fewshot=num_fewshot, limit=limit, output_path=output_path, log_samples=log_samples,
-        include_path=include_path, gen_kwargs=gen_kwargs, apply_chat_template=apply_chat_template,
-        fewshot_as_multiturn=fewshot_as_multiturn or None, seed=parse_seed(seed), use_cache=use_cache,
-    )
+    options = options_from_lm_eval_args(ctx.args, trust_remote_code=trust_remote_code)
+    check_eval_options(options.num_fewshot, options.limit, options.gen_kwargs)
+    check_scoring_args(options.model_args)
+    compile_batch = _compiled_batch_size(batch_size)
+    if bootstrap_iters is not None:
+        if bootstrap_iters < 0:
+            raise RblnEvalError(f"--bootstrap_iters must be 0 or more, got {bootstrap_iters}")
+        options.bootstrap_iters = bootstrap_iters
+    reference = {"artifact": artifact} if artifact else {"pretrained": model}
+    model_args = reference | options.model_args  # as `lm-eval run --model rbln --model_args artifact=…` has them
+    options.metadata = reference | options.metadata
     st = open_store(store)
     opts = compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config) if model else None
-    manager = load_tasks(task_list, include_path)
+    manager = load_tasks(options.tasks, options.include_path, metadata=options.metadata)
     compiled_now = False
     groups = None
     if artifact:
         bundle = st.resolve(artifact)
+        if compile_batch is not None and compile_batch != _bundle_batch_size(bundle):
+            raise RblnEvalError(
+                f"--batch_size {compile_batch}: bundle {bundle.digest[:12]} is compiled for batch size "
+                f"{_bundle_batch_size(bundle)}; drop --batch_size, or compile another with --model"
+            )
         if not ray:
             groups = check_devices(bundle.key.tensor_parallel, device, devices, data_parallel).groups
     else:
@@ -135,21 +134,60 @@ def run_command(
             trust_remote_code=trust_remote_code,
         )
         bundle, compiled_now = obtained.bundle, obtained.compiled_now
-    lm = _open_replicas(bundle, groups, compiled_now, data_parallel, ray)
-    try:
-        results = evaluate(lm, options, task_manager=manager)
-    finally:
-        lm.close()
+    from rbln_eval.families.registry import family_of
+
+    family_of(bundle.key.model_class).lm_class.check_args(options.model_args)
+    check_chat_template(bundle, options.apply_chat_template)
+    results = evaluate_bundle(
+        bundle, options, manager, executor=_open_replicas(bundle, groups, data_parallel, ray), compiled_now=compiled_now,
+        lm_args=options.model_args, model_name=model or source_model_name(bundle), model_args=model_args,
+    )
     if results is None:
         return
+    _print_results(results, bundle, options)
+
+
+def check_scoring_args(model_args: dict[str, Any]) -> None:
+    """Refuse ``--model_args`` no family's lm_eval model takes (the bundle's own is asked once it is known)."""
+    from rbln_eval.families.registry import families
+
+    accepted = sorted({name for family in families() for name in family.lm_class.MODEL_ARGS})
+    unknown = sorted(set(model_args) - set(accepted))
+    if unknown:
+        raise RblnEvalError(
+            f"--model_args {', '.join(unknown)}: not a setting of the scoring (accepted: {', '.join(accepted)}); "
+            "the bundle is named with --artifact or --model"
+        )
+
+
+def _compiled_batch_size(batch_size: Optional[str]) -> Optional[int]:
+    if batch_size is None:
+        return None
+    try:
+        value = int(batch_size)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise RblnEvalError(f"--batch_size {batch_size!r} must be a positive integer (the compiled batch size)")
+    return value
+
+
+def _bundle_batch_size(bundle: Bundle) -> int:
+    return int(bundle.key.fields()["compile"].get("batch_size") or 1)
+
+
+def _print_results(results: dict[str, Any], bundle: Bundle, options: Any) -> None:
+    """lm_eval's table (and, with --show_config, its results JSON), then where the time went."""
     from lm_eval.utils import make_table
 
-    if show_config:
+    from rbln_eval.evaluation.evaluate import summary_json
+
+    if options.show_config:
         out.print(summary_json({k: v for k, v in results.items() if k != "samples"}), markup=False)
     info = results["config"]["rbln"]
     out.print(
-        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), limit: {limit}, num_fewshot: {num_fewshot}, "
-        f"batch_size: {info['batch_size']}",
+        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), gen_kwargs: ({options.gen_kwargs}), limit: {options.limit}, "
+        f"num_fewshot: {options.num_fewshot}, batch_size: {info['batch_size']}",
         markup=False,
     )
     out.print(make_table(results), markup=False)
@@ -168,6 +206,23 @@ def run_command(
             f"replica {index} on {format_devices(worker['devices'])}{node}: {worker['requests']} requests, "
             f"busy {worker['busy_seconds']:.1f}s"
         )
+
+
+def lm_eval_options_help() -> str:
+    """The epilog of ``run --help``: lm_eval's own ``run`` options, as the installed lm_eval lists them."""
+    from rbln_eval.evaluation.evaluate import RBLN_SETTINGS, lm_eval_option_strings, lm_eval_run_parser
+
+    lines = ["\b", "lm_eval's options (as `lm-eval run`; dash spellings such as --include-path too):"]
+    seen = set()
+    for action in lm_eval_option_strings(lm_eval_run_parser()).values():
+        if id(action) in seen or action.dest in (*RBLN_SETTINGS, "help", "trust_remote_code"):
+            continue
+        seen.add(id(action))
+        names = ", ".join(action.option_strings)
+        value = f" {action.metavar}" if action.metavar and action.nargs != 0 else ""
+        lines.append(f"  {names}{value}")
+        lines.append(f"      {' '.join(str(action.help or '').split())}")
+    return "\n".join(lines)
 
 
 def compare_command(
@@ -202,7 +257,7 @@ def compare_command(
     st = open_store(store)
     load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
     bundle = st.resolve(ref)
-    lm = _open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups, False)
+    lm = open_lm(bundle, executor=_open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups))
     try:
         with err.status("loading the HF reference…", spinner="dots"):
             reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size)
@@ -266,8 +321,11 @@ def lm_eval_command(ctx: typer.Context) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_command)
-    app.command("eval", help="Alias of `run`.\n\nExample: rbln-eval eval --artifact 3f2a9c --tasks hellaswag")(run_command)
+    lm_eval_options = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}, "epilog": lm_eval_options_help()}
+    app.command("run", **lm_eval_options)(run_command)
+    app.command(
+        "eval", help="Alias of `run`.\n\nExample: rbln-eval eval --artifact 3f2a9c --tasks hellaswag", **lm_eval_options
+    )(run_command)
     app.command("compare")(compare_command)
     app.command(
         "lm-eval",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,14 +12,15 @@ from rich.console import Console
 
 from rbln_eval.util.constants import STORE_ENV
 from rbln_eval.store import Store
+from rbln_eval.cli.help_format import plain_typer
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def typer_app(help: str) -> typer.Typer:
-    """A command group with the project's settings."""
-    return typer.Typer(help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    """A command group with the project's settings (plain help, whole option names at any width)."""
+    return plain_typer(help)
 
 
 StoreOpt = Annotated[
@@ -63,13 +65,65 @@ def split_tasks(tasks: str) -> list[str]:
     return [t.strip() for t in tasks.split(",") if t.strip()]
 
 
-def config_summary(config: dict[str, Any], width: int = 48) -> str:
-    # scalar settings first; nested ones (a submodule's, a family's key-only records) after them
+#: lm_eval's advice to its own CLI's users, logged as a warning for every task built (the demo tasks among
+#: them); shown only when lm_eval logs at INFO or DEBUG.
+LM_EVAL_ADVICE = ("Custom kwargs can be passed to `--metadata`",)
+
+
+class LmEvalAdviceFilter(logging.Filter):
+    """Drops lm_eval's advice lines unless the ``lm_eval`` logger is at INFO or below."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(advice in record.getMessage() for advice in LM_EVAL_ADVICE):
+            return logging.getLogger("lm_eval").getEffectiveLevel() <= logging.INFO
+        return True
+
+
+def quiet_lm_eval(verbosity: Optional[str] = None) -> None:
+    """Keep lm_eval's advice lines out of the output unless ``verbosity`` (or lm_eval's own logging level,
+    e.g. ``LMEVAL_LOG_LEVEL`` or lm_eval's ``--verbosity``) is INFO or DEBUG. Idempotent."""
+    task_logger = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(existing, LmEvalAdviceFilter) for existing in task_logger.filters):
+        task_logger.addFilter(LmEvalAdviceFilter())
+    if verbosity:
+        logging.getLogger("lm_eval").setLevel(verbosity.upper())
+
+
+def config_summary(config: dict[str, Any], width: Optional[int] = 48) -> str:
+    """``key=value`` settings, scalar ones first; cut to ``width`` characters unless ``width`` is None."""
+    # nested settings (a submodule's, a family's key-only records) after the scalar ones
     config = dict(sorted(config.items(), key=lambda kv: isinstance(kv[1], dict)))
     text = " ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in config.items())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
-def short_json(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= width else text[: width - 1] + "…"
+def short_json(value: Any, width: Optional[int] = 60) -> str:
+    """``value`` as JSON (a string as itself), cut to ``width`` characters unless ``width`` is None."""
+    try:
+        text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    except TypeError:  # a marker such as an absent field
+        text = repr(value)
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+# `run`: the settings it adds to lm_eval's (whose own options are lm_eval's parser's, see `run --help`).
+CompileBatchOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--batch_size", "--batch-size", "-b",
+        help="Compiled batch size (an integer): compiles with --model; with --artifact it must be the bundle's.",
+    ),
+]
+BootstrapItersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--bootstrap_iters", "--bootstrap-iters",
+        help="Bootstrap resamples for the metrics' standard errors (lm_eval's simple_evaluate; default 100000, 0 skips).",
+    ),
+]
+RunTrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", "--trust_remote_code",
+        help="Allow the model's own code and the datasets' (as lm_eval's --trust_remote_code); off by default.",
+    ),
+]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+from typing import Any, Optional
 
 import typer
 
@@ -92,15 +93,15 @@ def remote_add_command(
     """
     from rbln_eval.remotes import add_spec, spec_from_location
 
-    st = open_store(store)
-    spec = spec_from_location(name, location, private=private)
-    add_spec(st, spec)
+    spec = spec_from_location(name, location, private=private)  # checked before the store is touched
+    add_spec(open_store(store), spec)
     out.print(f"added remote {spec.name}: {spec.location}", markup=False)
 
 
 def remote_ls_command(
     store: StoreOpt = None,
     bundles: bool = typer.Option(False, "--bundles", help="Also list each remote's bundles (reads its index)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """List the configured remotes (in lookup order).
 
@@ -110,19 +111,36 @@ def remote_ls_command(
 
     st = open_store(store)
     specs = load_specs(st)
+    listing = []
+    for spec in specs:
+        entry = {"name": spec.name, "kind": spec.kind, "location": spec.location, "private": spec.private}
+        if bundles:
+            index = open_remote(spec).read_index()  # type: ignore[attr-defined]
+            entry["bundles"] = [_remote_bundle(digest, item) for digest, item in sorted(index["bundles"].items())]
+        listing.append(entry)
+    if as_json:
+        out.print_json(json.dumps(listing))
+        return
     if not specs:
         out.print(f"no remotes configured in {st.root}: add one with `rbln-eval remote add`", markup=False)
         return
-    for spec in specs:
-        out.print(f"{spec.name}\t{spec.kind}\t{spec.location}" + ("\tprivate" if spec.private else ""), markup=False)
-        if bundles:
-            index = open_remote(spec).read_index()  # type: ignore[attr-defined]
-            for digest, entry in sorted(index["bundles"].items()):
-                out.print(
-                    f"  {digest[:12]}  {entry.get('model') or ''}  {config_summary(entry.get('key', {}).get('compile', {}))}  "
-                    f"{entry.get('key', {}).get('target', '')}  {human_size(int(entry.get('size') or 0))}",
-                    markup=False,
-                )
+    for entry in listing:
+        out.print(f"{entry['name']}\t{entry['kind']}\t{entry['location']}" + ("\tprivate" if entry["private"] else ""), markup=False)
+        for item in entry.get("bundles", []):
+            out.print(
+                f"  {item['digest'][:12]}  {item['model']}  {config_summary(item['config'], None)}  {item['target']}  "
+                f"{human_size(item['size'])}",
+                markup=False,
+            )
+
+
+def _remote_bundle(digest: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """One bundle of a remote's index, as ``remote ls --json`` lists it."""
+    key = entry.get("key", {})
+    return {
+        "digest": digest, "model": entry.get("model") or "", "config": key.get("compile", {}),
+        "target": key.get("target", ""), "size": int(entry.get("size") or 0),
+    }
 
 
 def remote_rm_command(

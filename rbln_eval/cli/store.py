@@ -8,13 +8,14 @@ from typing import Any, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.markup import escape
 
 from rbln_eval.errors import RblnEvalError
 from rbln_eval.identity import BundleKey, diff_keys
 from rbln_eval.store import MANIFEST_NAME, Bundle, Manifest, Store
 from rbln_eval.util.units import human_size
 from rbln_eval.cli.options import StoreOpt, config_summary, err, open_store, out, short_json
+from rbln_eval.cli.tables import Column, fitted_table, wrapping_table
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +25,28 @@ def register(app: typer.Typer) -> None:
         ("gc", gc_command), ("tag", tag_command), ("explain", explain_command),
     ):
         app.command(name)(command)
+
+
+#: ``ls`` columns; the model (with its revision), config, target and aliases tell two bundles apart.
+LS_COLUMNS = (
+    Column("digest", "id"), Column("model"), Column("config"), Column("target"), Column("size", "number"),
+    Column("created", optional=True), Column("aliases"),
+)
+
+
+def _ls_cells(row: dict[str, Any]) -> list[str]:
+    if "error" in row:
+        return [row["digest"][:12], "[red]corrupt[/red]", "see `rbln-eval verify`", "", "", "", ""]
+    revision = str(row["revision"] or "")[:7]
+    return [
+        row["digest"][:12],
+        escape(str(row["model"]) + (f"@{revision}" if revision else "")),
+        escape(config_summary(row["config"], None)),
+        escape(row["target"]),
+        human_size(row["size"]),
+        row["created"].replace("+00:00", "").replace("T", " ")[:16],
+        escape(", ".join(row["aliases"])),
+    ]
 
 
 def ls_command(
@@ -63,22 +86,9 @@ def ls_command(
     if not rows:
         out.print(f"no bundles in {st.root}")
         return
-    table = Table(box=None, pad_edge=False)
-    for column in ("digest", "model", "revision", "config", "target", "size", "created"):
-        table.add_column(column, no_wrap=column != "config")
-    for row in rows:
-        if "error" in row:
-            table.add_row(row["digest"][:12], "[red]corrupt[/red]", "", "see `rbln-eval verify`", "", "", "")
-            continue
-        table.add_row(
-            row["digest"][:12],
-            str(row["model"]),
-            str(row["revision"] or "")[:12],
-            config_summary(row["config"]),
-            row["target"],
-            human_size(row["size"]),
-            row["created"].replace("+00:00", "Z"),
-        )
+    table, shared = fitted_table(out, LS_COLUMNS, [_ls_cells(row) for row in rows])
+    for header, value in shared:
+        out.print(f"{header} (every bundle): {value}")
     out.print(table)
     failures = st.failures()
     if failures:
@@ -216,23 +226,14 @@ def explain_command(
     st = open_store(store)
     name, key = _load_key(ref, st)
     if other is None:
-        table = Table(box=None, pad_edge=False, title=f"key {key.digest}")
-        table.add_column("field")
-        table.add_column("digest")
-        table.add_column("value", overflow="fold")
         fields = key.fields()
-        for field_name, digest in key.field_digests().items():
-            table.add_row(field_name, digest[:12], short_json(fields[field_name], 200))
-        out.print(table)
+        rows = [[name, digest[:12], escape(short_json(fields[name], None))] for name, digest in key.field_digests().items()]
+        out.print(wrapping_table([Column("field"), Column("digest", "id"), Column("value")], rows, title=f"key {key.digest}"))
         return
     other_name, other_key = _load_key(other, st)
     if key.digest == other_key.digest:
         out.print(f"{name} and {other_name} have the same key {key.digest[:12]}")
         return
-    table = Table(box=None, pad_edge=False, title=f"{name} ({key.digest[:12]}) vs {other_name} ({other_key.digest[:12]})")
-    table.add_column("field")
-    table.add_column(name, overflow="fold")
-    table.add_column(other_name, overflow="fold")
-    for diff in diff_keys(key, other_key):
-        table.add_row(diff.field, short_json(diff.left), short_json(diff.right))
-    out.print(table)
+    rows = [[diff.field, escape(short_json(diff.left, None)), escape(short_json(diff.right, None))] for diff in diff_keys(key, other_key)]
+    title = f"{name} ({key.digest[:12]}) vs {other_name} ({other_key.digest[:12]})"
+    out.print(wrapping_table([Column("field"), Column(name), Column(other_name)], rows, title=title))

@@ -27,7 +27,7 @@ def sweep_command(
 
     Example: rbln-eval sweep plan.yaml --output sweep/ --ray auto
     """
-    from rbln_eval.sweep.sweep import load_plan, run_sweep
+    from rbln_eval.sweep import load_plan, run_sweep
 
     loaded = load_plan(plan)  # a bad plan fails before anything is compiled
     st = open_store(store)
@@ -41,12 +41,7 @@ def sweep_command(
         result = run_sweep(
             loaded, output, st, ray=ray, remote=remote, force=force, progress=progress, node_store=node_store,
         )
-    cached = sum(1 for c in result.cells if c.status == "cached")
-    err.print(
-        f"{len(result.cells)} cells: {len(result.cells) - cached - len(result.failed)} scored, {cached} reused, "
-        f"{len(result.failed)} failed; {result.compiled} bundle(s) compiled",
-        markup=False,
-    )
+    err.print(f"{len(result.cells)} cells: {result.counts}; {result.compiled} bundle(s) compiled", markup=False)
     for cell in result.failed:
         err.print(f"failed: {cell.model} × {cell.task}: {cell.error}", markup=False)
     out.print((output / "summary.md").read_text(), markup=False, end="")

@@ -50,16 +50,24 @@ def prefetch_command(
     if not task_list and not models:
         raise RblnEvalError("nothing to prefetch", "pass {tasks} T1,T2 and/or {model} MODEL")
     total = 0
+    downloaded = bool(models)
 
     def shown(item) -> None:
-        out.print(f"task {item.name}: {item.detail} ({human_size(item.size)})", markup=False)
+        if item.local:
+            out.print(f"task {item.name}: nothing to fetch ({item.detail})", markup=False)
+        else:
+            out.print(f"task {item.name}: {item.detail} ({human_size(item.size)})", markup=False)
 
     for item in prefetch_tasks(task_list, include_path, notify=shown) if task_list else []:
         total += item.size
+        downloaded = downloaded or not item.local
     for name in models or []:
         item = prefetch_model(name, revision)
         total += item.size
         out.print(f"model {item.name} {item.detail}: {item.files} files ({human_size(item.size)})", markup=False)
+    if not downloaded:
+        err.print("nothing to fetch: these tasks read local files, offline too", markup=False)
+        return
     places = ", ".join(str(path) for path in cache_dirs())
     err.print(
         f"{human_size(total)} in the HF caches ({places}); copy them to the offline machine and run there with "

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
+
+import jinja2
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import (
@@ -126,6 +129,36 @@ class BundleLM(TemplateLM):
     def tok_decode(self, tokens: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    # ---- chat templates (as lm_eval's hf model; ``chat_template`` is lm_eval's TemplateLM's) -------------
+    #: Keyword arguments of the tokenizer's ``apply_chat_template`` (hf's ``chat_template_args``).
+    chat_template_args: Mapping[str, Any] = MappingProxyType({})
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The prompt of a chat: the tokenizer's template applied as lm_eval's ``hf`` applies it."""
+        try:
+            chat_templated = self.tokenizer.apply_chat_template(
+                chat_history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+                **self.chat_template_args,
+            )
+        except jinja2.exceptions.TemplateError:
+            logger.warning("Failed to apply chat template. removing the system role in chat history.")
+            chat_history = [msg for msg in chat_history if msg["role"] != "system"]
+            chat_templated = self.tokenizer.apply_chat_template(
+                chat_history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+                **self.chat_template_args,
+            )
+        return chat_templated
+
     def _warn_truncation(self, what: str | None) -> None:
         if what and not self._truncation_warned:
             logger.warning("%s longer than the compiled length %d: truncated from the left", what, self.max_length)
@@ -173,9 +206,14 @@ class BundleLM(TemplateLM):
             fitted.append((fit.context, fit.continuation))
         return fitted
 
+    #: With a full-logit bundle, prefill a shared context's whole chunks once per job, each continuation from the
+    #: context's last chunk boundary (False: the whole context once per multi-token continuation).
+    share_context_chunks = True
+
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         fitted = self._fit_all(requests)
-        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits)
+        chunk = self.shape.prefill_chunk if self.share_context_chunks else None
+        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits, prefill_chunk=chunk)
         items = [ScoreWork(tuple(job.context), tuple(tuple(fitted[i][1]) for i in job.members)) for job in jobs]
         costs = [self.family.job_cost(self.shape, len(job.context), [len(fitted[i][1]) for i in job.members]) for job in jobs]
         scored = self._run("loglikelihood", items, costs, [len(job.members) for job in jobs], disable_tqdm)

@@ -9,13 +9,10 @@ Both return results in item order, so the scores do not depend on which one ran 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from rbln_eval.core.shapes import ReplicaShape
 from rbln_eval.store import Bundle
-
-if TYPE_CHECKING:
-    from rbln_eval.families.base import Family
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class Executor(Protocol):
     """Runs work items on one or more replicas of a bundle."""
 
     bundle: Bundle
-    family: "Family"  # the bundle's model family
+    family: Any  # the bundle's model family (a rbln_eval.families.base.Family: the core does not import families)
     shape: ReplicaShape
     tokenizer: Any
     load_seconds: float

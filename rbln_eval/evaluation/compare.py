@@ -22,15 +22,12 @@ from rbln_eval.errors import RblnEvalError
 from rbln_eval.evaluation.evaluate import EvalOptions, evaluate, sample_selection, task_manager_for
 from rbln_eval.families.registry import family_of
 from rbln_eval.store import Bundle
+from rbln_eval.errors import ReferenceModelError
 
 logger = logging.getLogger(__name__)
 
 LOGPROB_TYPES = ("loglikelihood", "multiple_choice", "loglikelihood_rolling")
 _NOT_METRICS = ("alias", "name", "sample_len", "samples")
-
-
-class ReferenceModelError(RblnEvalError):
-    """The model a bundle was compiled from cannot be found for the reference run."""
 
 
 @dataclass

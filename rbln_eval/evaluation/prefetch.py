@@ -1,20 +1,21 @@
 """Fill the HF caches on a connected machine with what tasks and models need, for a machine without network.
 
 Tasks are built the way lm_eval builds them (so their datasets are downloaded and prepared exactly as the
-task configs name them); models are downloaded at a revision pinned to its commit. Copy the HF cache
-(``HF_HOME``, ``~/.cache/huggingface`` by default) to the other machine and run there with
-``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1``.
+task configs name them; a task whose data are local files needs nothing); models are downloaded at a
+revision pinned to its commit. Copy the HF cache (``HF_HOME``, ``~/.cache/huggingface`` by default) to the
+other machine and run there with ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1``.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rbln_eval.errors import ConfigError
-from rbln_eval.util.netfaults import datasets_offline, hub_model_errors, hub_offline, require_hub
+from rbln_eval.util.netfaults import datasets_offline, hub_model_errors, hub_offline, needs_hub, watch_datasets
 
 #: Files of a model repo that loading a model and its tokenizer reads (weights in safetensors when present).
 MODEL_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py", "*.jinja", "*.tokenizer")
@@ -30,6 +31,7 @@ class Fetched:
     detail: str  # the task's datasets, or the model's pinned commit
     size: int  # bytes the caches grew by (tasks) or the snapshot holds (models)
     files: int = 0
+    local: bool = False  # a task whose data are local files: nothing was downloaded
 
 
 def cache_dirs() -> list[Path]:
@@ -63,22 +65,64 @@ def _check_online() -> None:
         )
 
 
-def prefetch_tasks(tasks: Sequence[str], include_path: str | None, notify: Callable[[Fetched], None] | None = None) -> list[Fetched]:
-    """Build each task as lm_eval does, downloading and preparing its datasets in the HF caches."""
-    from rbln_eval.evaluation.evaluate import task_manager_for
-    from rbln_eval.util.netfaults import watch_datasets
+def reads_network(path: str, data_files: Any = None) -> bool:
+    """Whether ``datasets.load_dataset(path, data_files=...)`` downloads: a Hub dataset, or a packaged builder
+    (``json``, ``csv``…) given URLs (``hf://``, ``https://``) rather than local files."""
+    if needs_hub(path):
+        return True
+    pending, files = [data_files], []
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif item is not None:
+            files.append(str(item))
+    return any("://" in name for name in files)
 
-    _check_online()
+
+@contextmanager
+def network_loads(downloaded: list[str]) -> Iterator[None]:
+    """While a task is built: append each dataset that is downloaded to ``downloaded``; offline, refuse
+    to download (datasets read from local files load either way)."""
+    import datasets
+
+    inner = datasets.load_dataset
+
+    def load_dataset(path: str, *args: Any, **kwargs: Any) -> Any:
+        if reads_network(str(path), kwargs.get("data_files")):
+            _check_online()
+            name = kwargs.get("name") or (args[0] if args else None)
+            downloaded.append(f"{path} ({name})" if name else str(path))
+        return inner(path, *args, **kwargs)
+
+    datasets.load_dataset = load_dataset
+    try:
+        yield
+    finally:
+        datasets.load_dataset = inner
+
+
+def prefetch_tasks(tasks: Sequence[str], include_path: str | None, notify: Callable[[Fetched], None] | None = None) -> list[Fetched]:
+    """Build each task as lm_eval does, downloading and preparing its datasets in the HF caches.
+
+    A task whose data are local files downloads nothing, and is built offline too.
+    """
+    from rbln_eval.evaluation.evaluate import task_manager_for
+
     manager = task_manager_for(list(tasks), include_path)  # unknown names fail before any download
-    require_hub("prefetch the datasets of " + ",".join(tasks), datasets=True)
     fetched: list[Fetched] = []
     roots = cache_dirs()
     for task in tasks:
         before = tree_size(roots)
-        loaded: list[str] = []
-        with watch_datasets(task, loaded):
+        downloaded: list[str] = []
+        with watch_datasets(task), network_loads(downloaded):
             manager.load([task])
-        item = Fetched("task", task, ", ".join(dict.fromkeys(loaded)) or "no dataset", max(0, tree_size(roots) - before))
+        if downloaded:
+            item = Fetched("task", task, ", ".join(dict.fromkeys(downloaded)), max(0, tree_size(roots) - before))
+        else:
+            item = Fetched("task", task, "local files", 0, local=True)
         fetched.append(item)
         if notify is not None:
             notify(item)

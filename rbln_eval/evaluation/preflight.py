@@ -1,5 +1,5 @@
 """The cheap checks ``run`` and ``compare`` make before loading a bundle or compiling, in this order:
-options, tasks, the tasks' datasets, devices.
+options, tasks, the tasks' datasets, devices; and, once the bundle is known, its chat template.
 
 Each check raises a one-line :class:`~rbln_eval.errors.RblnEvalError`; none touches the store.
 """
@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rbln_eval.execution.devices import DevicePlacementError, DeviceReport, detect, format_devices, parse_device, plan_replicas
+from rbln_eval.errors import DevicePlacementError
+from rbln_eval.execution.devices import DeviceReport, detect, format_devices, parse_device, plan_replicas
 from rbln_eval.errors import ConfigError
 from rbln_eval.util.netfaults import watch_datasets
 
 
-def check_eval_options(num_fewshot: int | None, limit: float | None, gen_kwargs: str | None) -> None:
+def check_eval_options(num_fewshot: int | None, limit: float | None, gen_kwargs: str | dict[str, Any] | None) -> None:
     """Refuse lm_eval options that would otherwise turn into plausible-looking scores."""
     if num_fewshot is not None and num_fewshot < 0:
         raise ConfigError(f"must be 0 or more, got {num_fewshot}", option="num_fewshot")
@@ -26,8 +27,10 @@ def check_eval_options(num_fewshot: int | None, limit: float | None, gen_kwargs:
     parse_gen_kwargs(gen_kwargs)
 
 
-def parse_gen_kwargs(text: str | None) -> dict[str, Any]:
+def parse_gen_kwargs(text: str | dict[str, Any] | None) -> dict[str, Any]:
     """``--gen_kwargs`` as lm_eval reads it (``key=value,…``), refusing parts it would silently misread."""
+    if isinstance(text, dict):  # already read by lm_eval's parser
+        return dict(text)
     if text is None or not text.strip():
         return {}
     from lm_eval.utils import handle_arg_string
@@ -62,16 +65,36 @@ class _Preloaded:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._manager, name)
 
+    @property
+    def output_types(self) -> dict[str, str]:
+        """``{task: lm_eval output_type}`` of the checked tasks (empty once they are handed out)."""
+        tasks = (self._built or {}).get("tasks", {})
+        return {name: getattr(task, "OUTPUT_TYPE", None) or task.get_config("output_type") for name, task in tasks.items()}
 
-def load_tasks(tasks: list[str], include_path: str | None, loaded: list[str] | None = None) -> Any:
+
+def check_request_types(family: Any, manager: Any) -> None:
+    """Refuse, before any device work, the checked tasks whose requests the bundle's family does not answer."""
+    output_types = getattr(manager, "output_types", None) or {}
+    refused = family.unscorable_tasks(output_types)
+    if refused:
+        kinds = sorted({output_types[task] for task in refused})
+        raise ConfigError(
+            f"task(s) {', '.join(refused)} ask for {', '.join(kinds)} requests, which {family.name} bundles do not answer"
+        )
+
+
+def load_tasks(
+    tasks: list[str], include_path: str | None, loaded: list[str] | None = None, metadata: dict[str, Any] | None = None
+) -> Any:
     """Check the task names, then build the tasks (which loads their datasets, from the HF cache when offline).
 
+    ``metadata`` is lm_eval's task metadata (``--metadata``, merged with the model_args).
     Returns a task manager for ``simple_evaluate`` that hands out these tasks once, so they are not built twice.
     A dataset that cannot be loaded fails here, within seconds when the Hub cannot be reached.
     """
     from rbln_eval.evaluation.evaluate import task_manager_for
 
-    manager = task_manager_for(tasks, include_path)
+    manager = task_manager_for(tasks, include_path, metadata)
     with watch_datasets(",".join(tasks), loaded):
         built = manager.load(list(tasks))
     return _Preloaded(manager, tasks, built)
@@ -134,3 +157,34 @@ def check_devices(
             f"{format_devices(unavailable)} not available on this node; see `rbln-eval doctor`, or choose others"
         )
     return Placement(groups)
+
+
+def check_chat_template(bundle: Any, chat_template: bool | str) -> None:
+    """Refuse ``--apply_chat_template`` before the bundle is loaded when lm_eval would refuse it later:
+    a template name the tokenizer (or processor) does not have, or no chat template at all (lm_eval's and
+    transformers' own messages)."""
+    if not chat_template:
+        return
+    from types import SimpleNamespace
+
+    from lm_eval.api.model import TemplateLM
+
+    holder = _template_holder(bundle)
+    if holder is None:
+        return  # the model itself says what it lacks when it is opened
+    try:
+        template = TemplateLM.chat_template(SimpleNamespace(tokenizer=holder), chat_template)
+        if not template:
+            holder.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True)
+    except ValueError as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
+def _template_holder(bundle: Any) -> Any:
+    """What holds the bundle's chat templates: its processor (which is its tokenizer for text models)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(bundle.path))
+    except Exception:  # noqa: BLE001 - a processor this machine cannot build is the model's to report
+        return None

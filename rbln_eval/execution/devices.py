@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rbln_eval.util.constants import RBLN_DEVICES_ENV
-from rbln_eval.errors import ConfigError, RblnEvalError
+from rbln_eval.errors import ConfigError
+from rbln_eval.errors import DevicePlacementError
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ RBLN_STAT = "rbln-stat"
 #: Device tools, preferred first: ``rbln-smi`` replaces the deprecated ``rbln-stat`` (same ``-j`` JSON).
 SMI_TOOLS = (RBLN_SMI, RBLN_STAT)
 RBLN_STAT_TIMEOUT = 15.0
-
-
-class DevicePlacementError(RblnEvalError):
-    """Devices asked for do not exist, or do not split into replicas of the bundle's tensor parallelism."""
 
 
 @dataclass

@@ -21,6 +21,8 @@ from rbln_eval.util.units import human_size
 #: The toolchain of a bundle's key, and lm_eval, which scores it.
 PACKAGES = (*TOOLCHAIN_PACKAGES, "lm-eval")
 EXAMPLE_TARGET = "RBLN-CA25"
+#: What turns the simulator on, by the rebel found: none, or a real SDK (which the simulator never shadows unasked).
+SIMULATE_SETTINGS = {None: "RBLN_EVAL_SIMULATE=1", "sdk": "RBLN_EVAL_SIMULATE=force"}
 
 
 def _remotes(store: Store) -> tuple[list[dict[str, Any]], str | None]:
@@ -113,6 +115,12 @@ def render(data: dict[str, Any], console: Console) -> None:
             f"`rbln-eval compile MODEL --npu {EXAMPLE_TARGET}` (needs rebel-compiler), "
             "and evaluated on a machine with that NPU"
         )
+        if devices["rebel"] != "simulator":
+            setting = SIMULATE_SETTINGS[devices["rebel"]]
+            p(
+                f"  to try rbln-eval here without an NPU, set {setting}: a CPU simulator of the rebel SDK "
+                "(simulated bundles get a SIM- target)"
+            )
     cuda = devices["cuda"]
     if cuda:
         p(f"CUDA: {len(cuda)} device(s) (used by the HF reference of `rbln-eval compare`)")

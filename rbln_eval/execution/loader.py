@@ -12,6 +12,7 @@ from rbln_eval.families.registry import family_of
 from rbln_eval.identity import toolchain_versions
 from rbln_eval.store import Bundle
 from rbln_eval.identity.target import installed_npu, is_simulated, npu_of, simulator_active
+from rbln_eval.errors import IncompatibleBundleError, RuntimeCreationError
 
 logger = logging.getLogger(__name__)
 
@@ -19,16 +20,6 @@ logger = logging.getLogger(__name__)
 STRICT_TOOLCHAIN = ("rebel-compiler", "optimum-rbln")
 #: Files that optimum-rbln would unpickle on load; a bundle holding them is refused.
 PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".bin")
-
-
-class IncompatibleBundleError(RblnEvalError):
-    """The bundle was compiled for another target or toolchain than this machine has."""
-
-
-class RuntimeCreationError(RblnEvalError):
-    """optimum-rbln could not create the bundle's runtimes on the devices (a device or driver fault)."""
-
-    exit_code = 1
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,9 +11,9 @@ and one registry line.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from rbln_eval.errors import ConfigError
 
@@ -35,6 +35,17 @@ class CompileOptions:
     logits: str = "all"
     dtype: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # optimum-rbln's own options (``--rbln-config``)
+
+    #: lm_eval model_args spelling of the options (the CLI spells them ``--batch-size``…, sweep plans by field name).
+    MODEL_ARGS: ClassVar[Mapping[str, str]] = {
+        "batch_size": "rbln_batch_size", "max_seq_len": "rbln_max_seq_len", "tp": "rbln_tensor_parallel_size",
+        "logits": "logits", "dtype": "rbln_dtype",
+    }
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options a user sets by name (everything but ``extra``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
 
     def __post_init__(self) -> None:
         if self.logits not in LOGITS_MODES:
@@ -109,6 +120,8 @@ class Family:
     length_keys: tuple[str, ...] = ()
     #: Detection order: families with a higher priority are asked first (a special case before its base).
     priority = 0
+    #: The lm_eval request types the family's lm answers.
+    request_types: tuple[str, ...] = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
     # ---- compiling --------------------------------------------------------------------------------
     def supported_types(self) -> list[str]:
@@ -210,3 +223,8 @@ class Family:
     def generation_cost(self, shape: "ReplicaShape", context: int, max_gen: int) -> int:
         """Device work of one generation at most: its prefill, then ``max_gen`` decode steps."""
         return shape.prefill_cost(context) + max_gen
+
+    def unscorable_tasks(self, output_types: Mapping[str, str]) -> list[str]:
+        """The tasks of ``{task: lm_eval output_type}`` whose requests this family's lm does not answer."""
+        request_type = {"multiple_choice": "loglikelihood"}
+        return sorted(task for task, kind in output_types.items() if request_type.get(kind, kind) not in self.request_types)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rbln_eval.families.base import Family
 from rbln_eval.families.causal import CausalFamily
+from rbln_eval.families.masked_lm import MaskedLMFamily
 from rbln_eval.families.seq2seq import Seq2SeqFamily
 from rbln_eval.families.vision_language import VisionLanguageFamily
 
@@ -17,6 +18,7 @@ BUILTIN_FAMILIES: tuple[Family, ...] = (
     CausalFamily(),
     Seq2SeqFamily(),
     VisionLanguageFamily(),
+    MaskedLMFamily(),
 )
 
 _FAMILIES: dict[str, Family] = {}

@@ -98,16 +98,22 @@ def diff_keys(left: BundleKey, right: BundleKey) -> list[FieldDiff]:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             for sub in sorted(set(a) | set(b)):
-                if a.get(sub, _MISSING) != b.get(sub, _MISSING):
-                    diffs.append(FieldDiff(f"{name}.{sub}", a.get(sub, _MISSING), b.get(sub, _MISSING)))
+                if a.get(sub, ABSENT) != b.get(sub, ABSENT):
+                    diffs.append(FieldDiff(f"{name}.{sub}", a.get(sub, ABSENT), b.get(sub, ABSENT)))
         else:
             diffs.append(FieldDiff(name, a, b))
     return diffs
 
 
-class _Missing:
+class Absent:
+    """The value of a setting one of two keys does not have (shown as ``<absent>``)."""
+
     def __repr__(self) -> str:
         return "<absent>"
 
+    def __str__(self) -> str:
+        return "<absent>"
 
-_MISSING = _Missing()
+
+#: What :func:`diff_keys` reports for a setting one side lacks.
+ABSENT = Absent()

@@ -111,7 +111,8 @@ def resolve_source(model: str, revision: str | None = None, token: str | bool | 
     rev = revision or "main"
     if COMMIT_RE.match(rev):
         return ModelSource(kind="hub", id=model, revision=rev)
-    from rbln_eval.util.netfaults import HubUnreachableError, endpoint, network_reason, offline_hint
+    from rbln_eval.errors import HubUnreachableError
+    from rbln_eval.util.netfaults import endpoint, network_reason, offline_hint
 
     unreachable: str | None = None
     if not constants.is_offline_mode():

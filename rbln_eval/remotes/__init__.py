@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from rbln_eval.errors import RblnEvalError
 from rbln_eval.store import Bundle, Store
-from rbln_eval.remotes.base import BundleRefusedError, Remote, RemoteBundle, RemoteConfigError, RemoteError
+from rbln_eval.errors import BundleRefusedError, RemoteConfigError, RemoteError
+from rbln_eval.remotes.base import Remote, RemoteBundle
 from rbln_eval.remotes.config import HF_SCHEME, RemoteSpec, add_spec, check_repo_id, get_spec, load_specs, remove_spec, spec_from_location
 
 

@@ -8,23 +8,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from rbln_eval.util.constants import MIN_PREFIX
-from rbln_eval.errors import CorruptBundleError, RblnEvalError
+from rbln_eval.errors import CorruptBundleError
 from rbln_eval.store.refs import match_reference
 from rbln_eval.store import Bundle, Manifest, Store
+from rbln_eval.errors import BundleRefusedError, RemoteError
 
 INDEX_SCHEMA = 1
-
-
-class RemoteError(RblnEvalError):
-    """A remote cannot be reached, read or written."""
-
-
-class RemoteConfigError(RblnEvalError):
-    """A remote name or location is unknown or malformed."""
-
-
-class BundleRefusedError(RblnEvalError):
-    """A remote bundle does not match its manifest (or its manifest is unsafe): nothing was stored."""
 
 
 @dataclass(frozen=True)

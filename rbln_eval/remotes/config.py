@@ -18,7 +18,7 @@ from typing import Any
 
 from rbln_eval.util.atomic import write_atomic
 from rbln_eval.store import Store
-from rbln_eval.remotes.base import RemoteConfigError
+from rbln_eval.errors import RemoteConfigError
 
 CONFIG_NAME = "remotes.json"
 HF_SCHEME = "hf://"
@@ -53,7 +53,8 @@ def check_repo_id(repo: str) -> str:
 
 
 def spec_from_location(name: str, location: str, private: bool = False) -> RemoteSpec:
-    """``hf://ORG/NAME`` (or ``ORG/NAME`` with no such directory) is a Hub repo; anything else a directory."""
+    """``hf://ORG/NAME`` is a Hub repo; anything else an existing directory (``ORG/NAME`` with no such
+    directory is refused as ambiguous)."""
     if not _NAME.match(name or ""):
         raise RemoteConfigError(f"invalid remote name {name!r}: use letters, digits, '-', '_' or '.'")
     if location.startswith(HF_SCHEME):
@@ -61,7 +62,9 @@ def spec_from_location(name: str, location: str, private: bool = False) -> Remot
     path = Path(location).expanduser()
     if not path.is_absolute() and not path.exists() and _REPO.match(location):
         raise RemoteConfigError(f"{location!r} is ambiguous: write hf://{location} for a Hub repo or ./{location} for a directory")
-    if path.exists() and not path.is_dir():
+    if not path.exists():
+        raise RemoteConfigError(f"directory {location} does not exist: create it (mkdir -p {location}) or check the path")
+    if not path.is_dir():
         raise RemoteConfigError(f"{location} is not a directory")
     return RemoteSpec(name, "dir", path=str(path.absolute()))
 

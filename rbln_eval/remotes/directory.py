@@ -20,10 +20,9 @@ from filelock import FileLock
 
 from rbln_eval.util.atomic import write_atomic
 from rbln_eval.store import MANIFEST_NAME, Bundle, Store
+from rbln_eval.errors import BundleRefusedError, RemoteError
 from rbln_eval.remotes.base import (
-    BundleRefusedError,
     RemoteBundle,
-    RemoteError,
     check_listed_manifest,
     dump_index,
     index_entry,

@@ -24,10 +24,9 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from rbln_eval.util.constants import COMMIT_RE
 from rbln_eval.store import MANIFEST_NAME, Bundle, Store
+from rbln_eval.errors import BundleRefusedError, RemoteError
 from rbln_eval.remotes.base import (
-    BundleRefusedError,
     RemoteBundle,
-    RemoteError,
     check_listed_manifest,
     dump_index,
     empty_index,

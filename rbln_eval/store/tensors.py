@@ -19,8 +19,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rbln_eval.errors import CorruptBundleError, RblnEvalError
+from rbln_eval.errors import CorruptBundleError
 from rbln_eval.util.hashing import cache_dir, sha256_file
+from rbln_eval.errors import ArtifactConversionError
 
 if TYPE_CHECKING:
     from rbln_eval.store import Bundle
@@ -29,10 +30,6 @@ PICKLE_NAME = "torch_artifacts.pth"
 TENSORS_NAME = "torch_artifacts.safetensors"
 _METADATA = {"format": "pt", "rbln_eval": "torch_artifacts", "schema": "1"}
 _STAMP = ".rbln-eval-view.json"
-
-
-class ArtifactConversionError(RblnEvalError):
-    """optimum-rbln wrote torch artifacts that are not plain ``{group: {name: tensor}}`` tensors."""
 
 
 def convert_pickles(directory: Path) -> list[str]:

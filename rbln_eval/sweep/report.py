@@ -1,32 +1,106 @@
 """Sweep reports: the models × tasks table as Markdown, and a self-contained HTML page with a chart.
 
-Both are rendered from ``summary.json`` alone, so ``rbln-eval report DIR`` can re-render them. The HTML
-page needs no network access: its style and its bar chart (inline SVG) are in the file.
+Both are rendered from ``summary.json``, so ``rbln-eval report DIR`` can re-render them; the chart also
+takes each metric's stderr and direction from the cells' lm_eval results under ``DIR/cells/`` when the
+summary does not carry them. The HTML page needs no network access: its style and its chart (inline SVG,
+:mod:`rbln_eval.sweep.chart`) are in the file.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from rbln_eval.util.atomic import write_atomic
 from rbln_eval.errors import RblnEvalError
+from rbln_eval.sweep.chart import Score, build_chart, chart_svg
+from rbln_eval.util.atomic import write_atomic
 
 #: Metrics shown first when a task reports several (the usual headline metric of each kind of task).
 HEADLINE = ("acc", "exact_match", "word_perplexity", "perplexity", "acc_norm", "bits_per_byte")
 
+#: Metrics known to be better when lower, for results that do not say (lm_eval's ``higher_is_better``).
+LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "wer", "cer", "ter"})
+
+#: lm_eval's results file in a cell's directory, and the record beside it that names the cell's key.
+_CELL_RESULTS, _CELL_RECORD = "results.json", "cell.json"
+
+#: Numbers lm_eval reports per task that are not scores.
+_NOT_SCORES = ("sample_len",)
+
+
+def headline_key(metrics: dict[str, Any]) -> str | None:
+    """The key (``metric,filter``) of the metric that represents a cell in the table and the chart."""
+    keys = {}
+    for key, value in metrics.items():
+        name = key.split(",")[0]
+        if name not in _NOT_SCORES and not name.endswith("_stderr") and isinstance(value, (int, float)):
+            keys.setdefault(name, key)
+    for name in HEADLINE:
+        if name in keys:
+            return keys[name]
+    return keys[min(keys)] if keys else None
+
 
 def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    """The metric that represents a cell in the table and the chart."""
-    plain = {k.split(",")[0]: v for k, v in metrics.items()}
-    for name in HEADLINE:
-        if name in plain:
-            return name, float(plain[name])
-    for name, value in sorted(plain.items()):
-        return name, float(value)
-    return None
+    """The metric that represents a cell in the table and the chart: its name and value."""
+    key = headline_key(metrics)
+    return None if key is None else (key.split(",")[0], float(metrics[key]))
+
+
+def cell_score(cell: dict[str, Any], results: dict[str, Any] | None = None) -> Score:
+    """A summary cell's headline metric for the chart; ``results`` (the cell's lm_eval results) fill in the
+    stderr and the metric's direction where the summary has none."""
+    if cell["status"] == "failed":
+        return Score(status="failed")
+    metrics = cell.get("metrics") or {}
+    key = headline_key(metrics)
+    if key is None:
+        return Score(status="missing")
+    name, _, filtered = key.partition(",")
+    stderr_key = f"{name}_stderr" + (f",{filtered}" if filtered else "")
+    task_results = ((results or {}).get("results") or {}).get(cell["task"]) or {}
+    stderr = _number(metrics.get(stderr_key, task_results.get(stderr_key)))
+    directions = cell.get("higher_is_better") or ((results or {}).get("higher_is_better") or {}).get(cell["task"]) or {}
+    lower = directions[name] is False if name in directions else name in LOWER_IS_BETTER
+    return Score(
+        metric=name, value=float(metrics[key]), stderr=stderr, lower_is_better=lower,
+        reference=_number((cell.get("reference") or {}).get(key)), delta=_number((cell.get("deltas") or {}).get(key)),
+        status=cell["status"],
+    )
+
+
+def cell_results(output: Path) -> dict[str, dict[str, Any]]:
+    """The lm_eval results of each cell under ``output/cells/``, by the cell's key (as in summary.json)."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in sorted((output / "cells").glob(f"*/{_CELL_RECORD}")):
+        try:
+            key = json.loads(record.read_text()).get("key")
+            results = json.loads((record.parent / _CELL_RESULTS).read_text())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(key, str) and isinstance(results, dict):
+            found[key] = results
+    return found
+
+
+def chart_scores(
+    summary: dict[str, Any], output: Path | None = None,
+) -> tuple[list[str], list[str], dict[tuple[str, str], Score]]:
+    """The models, the tasks and each (model, task)'s :class:`Score`, as the chart takes them; with
+    ``output``, the sweep's directory, what the summary lacks comes from the cells' results."""
+    models, tasks, cells = _table(summary)
+    results = cell_results(output) if output is not None else {}
+    return models, tasks, {pair: cell_score(cell, results.get(cell.get("key") or "")) for pair, cell in cells.items()}
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float; ``None`` for lm_eval's "N/A" and anything else that is no number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _table(summary: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
@@ -61,6 +135,17 @@ def _delta_text(cell: dict[str, Any] | None) -> str:
     return "-" if delta is None else f"{shown[0]} {delta:+.2e}"
 
 
+def counts_line(summary: dict[str, Any]) -> str:
+    """``12 cells: 10 scored, 2 reused, 0 failed; 1 bundle(s) compiled.``, the words of the progress line."""
+    counts = summary.get("counts")
+    if not isinstance(counts, dict):  # a summary written before it carried its counts
+        statuses = [c["status"] for c in summary["cells"]]
+        counts = {"scored": statuses.count("scored") + statuses.count("done"),
+                  "reused": statuses.count("reused") + statuses.count("cached"), "failed": statuses.count("failed")}
+    return (f"{len(summary['cells'])} cells: {counts.get('scored', 0)} scored, {counts.get('reused', 0)} reused, "
+            f"{counts.get('failed', 0)} failed; {summary.get('compiled', 0)} bundle(s) compiled.")
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     models, tasks, cells = _table(summary)
     lines = ["# Sweep", "", "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
@@ -71,50 +156,22 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         for model in models:
             lines.append(f"| {model} | " + " | ".join(_delta_text(cells.get((model, task))) for task in tasks) + " |")
-    failed = [c for c in summary["cells"] if c["status"] == "failed"]
-    done = sum(1 for c in summary["cells"] if c["status"] in ("done", "cached"))
-    lines += ["", f"{done} of {len(summary['cells'])} cells scored, {len(failed)} failed; {summary['compiled']} bundle(s) compiled.", ""]
-    for cell in failed:
+    lines += ["", counts_line(summary), ""]
+    for cell in (c for c in summary["cells"] if c["status"] == "failed"):
         lines.append(f"- {cell['model']} × {cell['task']}: {cell.get('error')}")
     return "\n".join(lines).rstrip() + "\n"
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}th:first-child,td:first-child{text-align:left}
-.failed{color:#b00}.note{color:#666;font-size:.9em}"""
-_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7")
+.failed{color:#b00}.note{color:#666;font-size:.9em}.chart svg{display:block;max-width:100%;height:auto}"""
 
 
-def _chart(models: list[str], tasks: list[str], cells: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """Grouped bars: per task, each model's headline metric, scaled to the task's largest value."""
-    bar, gap, height = 18, 24, 160
-    width = max(1, len(tasks)) * (len(models) * bar + gap) + 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" role="img">']
-    for t, task in enumerate(tasks):
-        values = [headline(cells[(m, task)].get("metrics") or {}) if (m, task) in cells else None for m in models]
-        top = max((v[1] for v in values if v), default=0.0) or 1.0
-        x0 = 20 + t * (len(models) * bar + gap)
-        for m, value in enumerate(values):
-            if not value:
-                continue
-            h = max(1.0, height * value[1] / top)
-            x = x0 + m * bar
-            parts.append(
-                f'<rect x="{x}" y="{height - h + 10:.1f}" width="{bar - 2}" height="{h:.1f}" fill="{_COLORS[m % len(_COLORS)]}">'
-                f"<title>{html.escape(models[m])} {html.escape(task)}: {value[0]} {value[1]:.4g}</title></rect>"
-            )
-        parts.append(f'<text x="{x0}" y="{height + 28}" font-size="11">{html.escape(task)}</text>')
-    for m, model in enumerate(models):
-        parts.append(
-            f'<rect x="{20 + m * 120}" y="{height + 40}" width="10" height="10" fill="{_COLORS[m % len(_COLORS)]}"/>'
-            f'<text x="{34 + m * 120}" y="{height + 49}" font-size="11">{html.escape(model)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def render_html(summary: dict[str, Any]) -> str:
+def render_html(summary: dict[str, Any], output: Path | None = None) -> str:
+    """The report page; with ``output``, the sweep's directory, the chart reads what the summary lacks from
+    the cells' results."""
     models, tasks, cells = _table(summary)
+    chart = build_chart(*chart_scores(summary, output))
     head = "".join(f"<th>{html.escape(task)}</th>" for task in tasks)
     rows = []
     for model in models:
@@ -125,20 +182,21 @@ def render_html(summary: dict[str, Any]) -> str:
             title = html.escape(cell.get("error") or "") if cell else ""
             tds.append(f'<td{css} title="{title}">{html.escape(_text(cell))}</td>')
         rows.append(f"<tr><td>{html.escape(model)}</td>{''.join(tds)}</tr>")
-    note = html.escape(render_markdown(summary).splitlines()[-1] if summary["cells"] else "")
+    note = html.escape(counts_line(summary))
     data = json.dumps(summary, sort_keys=True).replace("</", "<\\/")  # raw JSON inside <script>
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>rbln-eval sweep</title>"
         f"<style>{_STYLE}</style></head><body><h1>rbln-eval sweep</h1>"
         f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
-        f"<h2>headline metric per task</h2>{_chart(models, tasks, cells)}"
+        f"<h2>headline metric per task</h2><div class='chart'>{chart_svg(chart)}</div>"
+        f"<p class='note'>{html.escape(chart.caption)}</p>"
         f"<p class='note'>{note}</p><script type='application/json' id='summary'>{data}</script></body></html>\n"
     )
 
 
 def render_reports(output: Path, summary: dict[str, Any]) -> None:
     write_atomic(output / "summary.md", render_markdown(summary))
-    write_atomic(output / "report.html", render_html(summary))
+    write_atomic(output / "report.html", render_html(summary, output))
 
 
 def rerender(output: str | Path) -> Path:

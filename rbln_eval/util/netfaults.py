@@ -14,17 +14,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rbln_eval.errors import RblnEvalError
+from rbln_eval.errors import HubUnreachableError, NotCachedError
 
 PROBE_TIMEOUT = 3.0
 _probed: dict[str, str | None] = {}
-
-
-class HubUnreachableError(RblnEvalError):
-    """The Hub (``HF_ENDPOINT``) cannot be reached and the files needed are not in the HF cache."""
-
-
-class NotCachedError(RblnEvalError):
-    """Offline mode is on and a model or dataset is not in the HF cache."""
 
 
 def endpoint() -> str:

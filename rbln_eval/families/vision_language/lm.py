@@ -21,17 +21,14 @@ from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
 from lm_eval.models.utils import flatten_image_list, replace_placeholders, resize_image
 
 from rbln_eval.core.programs import plan_loglikelihood
-from rbln_eval.errors import ConfigError, RblnEvalError
+from rbln_eval.errors import ConfigError
 from rbln_eval.core.work import GenerateWork, Images, ScoreWork
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.util.values import as_bool, as_int
 from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, load_processor
+from rbln_eval.errors import MultimodalRequestError
 
 logger = logging.getLogger(__name__)
-
-
-class MultimodalRequestError(RblnEvalError):
-    """A multimodal request that this bundle cannot score as given."""
 
 
 def image_fingerprint(images: Sequence[Any]) -> str:

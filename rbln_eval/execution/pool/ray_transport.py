@@ -2,7 +2,7 @@
 
 Each replica is an actor that asks Ray for ``{"RBLN": tp}``; Ray places it on a node with that many free
 NPUs and sets ``RBLN_DEVICES`` to the ids it was given, and the replica loads the bundle on exactly those.
-The actor runs the same worker loop as a local worker process (:func:`rbln_eval.execution.pool.serve_calls`),
+The actor runs the same worker loop as a local worker process (:func:`~rbln_eval.execution.pool.worker.serve_calls`),
 so work is pulled as batch rows free up and the scores are those of one replica. Messages travel as actor
 calls: ``push`` delivers the dispatcher's messages in order, a pending ``pull`` brings the next reply.
 
@@ -13,21 +13,19 @@ every node at the same path (a shared filesystem), unless the pool is given a ``
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
 import time
 from typing import Any, Sequence
 
-from rbln_eval.errors import RblnEvalError
-from rbln_eval.execution.pool import Failed, Stop, Transport, WorkerGone, WorkerSpec, _Worker, load_replica, serve_calls
-
-logger = logging.getLogger(__name__)
+from rbln_eval.execution.pool.protocol import STOP_TIMEOUT, Failed, Stop, WorkerGone, WorkerSpec
+from rbln_eval.execution.pool.transport import Transport, Worker
+from rbln_eval.execution.pool.worker import load_replica, serve_calls
+from rbln_eval.errors import RayUnavailableError
 
 #: Environment passed to the actors: rbln-eval's and the Hub's settings (never RBLN_DEVICES: Ray sets it).
 _FORWARDED_PREFIXES = ("RBLN_EVAL_", "HF_", "TOKENIZERS_", "OMP_NUM_THREADS")
-STOP_TIMEOUT = 10.0
 
 
 def forwarded_env() -> dict[str, str]:
@@ -35,11 +33,8 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
 
 
-class RayUnavailableError(RblnEvalError):
-    """Ray is not installed, or the cluster cannot be reached."""
-
-
-def _ray() -> Any:
+def require_ray() -> Any:
+    """The ``ray`` module; :class:`RayUnavailableError` when Ray is not installed."""
     try:
         import ray
     except ImportError:
@@ -49,7 +44,7 @@ def _ray() -> Any:
 
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (``auto``: the one this machine belongs to; None: start one here)."""
-    ray = _ray()
+    ray = require_ray()
     if ray.is_initialized():
         return
     try:
@@ -119,9 +114,6 @@ class ReplicaActor:
     def pull(self) -> Any:
         return self.inbox.outbox.get()
 
-    def devices(self) -> str | None:
-        return os.environ.get("RBLN_DEVICES")
-
     def loaded(self, timeout: float = 0.0) -> bool:
         """Whether the bundle is loaded (waiting up to ``timeout`` seconds for it)."""
         return self._loaded.wait(timeout)
@@ -152,26 +144,26 @@ class RayTransport(Transport):
         connect(address)
         self.tp = tp
         self.here = here
-        self._arrivals: queue.Queue[tuple[_Worker, Any]] = queue.Queue()
+        self._arrivals: queue.Queue[tuple[Worker, Any]] = queue.Queue()
 
-    def start(self, specs: Sequence[WorkerSpec]) -> list[_Worker]:
+    def start(self, specs: Sequence[WorkerSpec]) -> list[Worker]:
         return [self._start(spec, local=self.here and position == 0) for position, spec in enumerate(specs)]
 
-    def add(self, spec: WorkerSpec) -> _Worker:
+    def add(self, spec: WorkerSpec) -> Worker:
         return self._start(spec, local=False)
 
-    def _start(self, spec: WorkerSpec, local: bool) -> _Worker:
-        ray = _ray()
+    def _start(self, spec: WorkerSpec, local: bool) -> Worker:
+        ray = require_ray()
         bare = WorkerSpec(spec.index, spec.bundle_path, [], 0, {}, spec.source)  # Ray sets OMP_NUM_THREADS to what it allotted
         if local:
             replica = ReplicaActor(bare)
-            worker = _Worker(bare, {"local": replica, "seq": 0, "stopped": False})
+            worker = Worker(bare, {"local": replica, "seq": 0, "stopped": False})
             pull = replica.pull
         else:
             actor = ray.remote(ReplicaActor).options(
                 resources={"RBLN": self.tp}, num_cpus=0, max_concurrency=4, runtime_env={"env_vars": forwarded_env()},
             ).remote(bare)
-            worker = _Worker(bare, {"actor": actor, "seq": 0, "stopped": False})
+            worker = Worker(bare, {"actor": actor, "seq": 0, "stopped": False})
 
             def pull() -> Any:
                 return ray.get(actor.pull.remote())
@@ -179,8 +171,8 @@ class RayTransport(Transport):
         threading.Thread(target=self._pump, args=(worker, pull), name="rbln-eval-pump", daemon=True).start()
         return worker
 
-    def _pump(self, worker: _Worker, pull: Any) -> None:
-        ray = _ray()
+    def _pump(self, worker: Worker, pull: Any) -> None:
+        ray = require_ray()
         while True:
             try:
                 message = pull()
@@ -198,7 +190,7 @@ class RayTransport(Transport):
             if isinstance(message, Failed):
                 return
 
-    def send(self, worker: _Worker, message: Any) -> None:
+    def send(self, worker: Worker, message: Any) -> None:
         handle = worker.handle
         if "local" in handle:
             handle["local"].push(handle["seq"], message)
@@ -206,7 +198,7 @@ class RayTransport(Transport):
             handle["actor"].push.remote(handle["seq"], message)
         handle["seq"] += 1
 
-    def receive(self, workers: Sequence[_Worker], timeout: float | None) -> tuple[_Worker, Any] | None:
+    def receive(self, workers: Sequence[Worker], timeout: float | None) -> tuple[Worker, Any] | None:
         try:
             worker, message = self._arrivals.get(timeout=timeout)
         except queue.Empty:
@@ -215,8 +207,8 @@ class RayTransport(Transport):
             raise WorkerGone(worker, message.reason)
         return worker, message
 
-    def stop(self, workers: Sequence[_Worker], timeout: float = STOP_TIMEOUT) -> None:
-        ray = _ray()
+    def stop(self, workers: Sequence[Worker], timeout: float = STOP_TIMEOUT) -> None:
+        ray = require_ray()
         for worker in workers:
             worker.handle["stopped"] = True
             try:
@@ -234,68 +226,3 @@ class RayTransport(Transport):
                 ray.kill(worker.handle["actor"], no_restart=True)
             except Exception:  # noqa: BLE001
                 pass
-
-
-#: How often a growing pool looks for free NPUs, in seconds.
-GROW_EVERY = 1.0
-#: A pool grows only while its call has work left for this many seconds at its pace so far: a new replica
-#: (a Ray worker process that imports torch and loads the bundle) takes seconds before it scores anything.
-GROW_MIN_SECONDS = 30.0
-
-
-def free_npus() -> float:
-    """RBLN resources of the cluster that no task or actor holds or waits for."""
-    return float(_ray().available_resources().get("RBLN", 0.0))
-
-
-class Growing:
-    """While open, adds replicas to ``pool`` when its call has work waiting and the cluster has free NPUs.
-
-    One replica is added at a time, and only when ``{"RBLN": tp}`` is free (a cell waiting for NPUs takes
-    them first: Ray hands freed resources to waiting tasks at once) and the call has at least
-    ``min_seconds`` of work left that no replica has taken yet. ``on_change`` hears the pool's
-    number of loaded replicas whenever it changes (and 0 at the end).
-    """
-
-    def __init__(
-        self, pool: Any, limit: int | None = None, every: float = GROW_EVERY, min_seconds: float = GROW_MIN_SECONDS,
-        on_change: Any = None,
-    ) -> None:
-        self.pool, self.limit, self.every, self.on_change = pool, limit, every, on_change
-        self.min_seconds = min_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rbln-eval-grow", daemon=True)
-        self._reported = -1
-
-    def __enter__(self) -> "Growing":
-        self._report()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(self.every + 5.0)
-        if self.on_change is not None:
-            self.on_change(0)
-
-    def _report(self) -> None:
-        count = len(self.pool.workers)
-        if count != self._reported and self.on_change is not None:
-            self._reported = count
-            self.on_change(count)
-
-    def _wanted(self) -> bool:
-        pool = self.pool
-        if pool.broken or pool.joining or (self.limit is not None and len(pool.workers) >= self.limit):
-            return False
-        return pool.remaining_seconds() >= self.min_seconds
-
-    def _loop(self) -> None:
-        tp = self.pool.bundle.key.tensor_parallel
-        while not self._stop.wait(self.every):
-            try:
-                self._report()
-                if self._wanted() and free_npus() >= tp:
-                    self.pool.grow()
-            except Exception:  # noqa: BLE001 - growing is an optimisation: the pool runs on without it
-                logger.debug("could not add a replica", exc_info=True)
