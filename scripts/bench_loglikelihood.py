@@ -1,6 +1,7 @@
 """Device cost of loglikelihood scoring: rbln-eval's adapter vs re-running prefill for every prefix.
 
 Usage: RBLN_EVAL_SIMULATE=1 python scripts/bench_loglikelihood.py [--limit 40] [--batch-size 4]
+       RBLN_EVAL_SIMULATE=1 python scripts/bench_loglikelihood.py --fewshot [--fewshot-limit 8] [--wall-time]
 
 For the embedded demo tasks (cloze, multiple choice, rolling perplexity) and the embedded causal demo model,
 prints device calls and padded device tokens per request for
@@ -10,15 +11,26 @@ prints device calls and padded device tokens per request for
     token (implemented here only, as the approach the adapter replaces),
 and checks that all three give the same log-probabilities. Then times cold (compile + load + first score)
 against warm (load + first score).
+
+``--fewshot``: ``demo_mc`` at 0, 5 and 25 shots on the demo model given a 1,536-token compiled length (25-shot
+contexts are 1,000-1,300 tokens): prefill calls and padded tokens per question on a full-logit bundle before
+(the whole context prefilled once per multi-token choice: ``share_context_chunks = False``) and after (the
+context's whole chunks once per question, each choice from the last chunk boundary), and the device calls of a
+last-logit bundle (context prefill + teacher-forced decode steps). ``--wall-time`` adds the whole-task wall
+time of the 25-shot task with every device call taking at least 50 ms (``RBLN_EVAL_SIM_LATENCY_MS``), before
+and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shutil
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RBLN_EVAL_SIMULATE", "1")
@@ -104,11 +116,104 @@ def sum_counters(counters: dict[str, dict[str, int]]) -> tuple[int, int]:
     return sum(c["calls"] for c in counters.values()), sum(c["tokens"] for c in counters.values())
 
 
+FEWSHOT_TASK = "demo_mc"
+FEWSHOT_SHOTS = (0, 5, 25)
+FEWSHOT_MAX_LENGTH = 1536
+LATENCY_MS = 50
+
+
+def fewshot_requests(shots: int, limit: int) -> list[Any]:
+    """The loglikelihood instances of ``demo_mc`` at ``shots`` shots, sampled as ``simple_evaluate`` samples them."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager(include_path=str(demo.tasks_dir()), include_defaults=False)
+    task = get_task_dict([FEWSHOT_TASK], manager)[FEWSHOT_TASK]
+    task.set_config("num_fewshot", shots)
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    return list(task.instances)
+
+
+def long_demo_model(directory: str) -> str:
+    """The demo causal model with room for 25-shot prompts (its rotary positions work at any length)."""
+    target = Path(directory) / "llama-long"
+    shutil.copytree(demo.causal_model_dir(), target)
+    config = json.loads((target / "config.json").read_text())
+    config["max_position_embeddings"] = FEWSHOT_MAX_LENGTH
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    return str(target)
+
+
+def score_fewshot(lm: Any, instances: list[Any], shared: bool) -> tuple[list[float], dict[str, Any], float]:
+    """Log-likelihoods, device counters and wall seconds of ``instances`` (``shared``: the new schedule)."""
+    lm.share_context_chunks = shared
+    lm.executor.replica.backend.counters.clear()
+    started = time.perf_counter()
+    scores = [s for s, _ in lm.loglikelihood(instances, disable_tqdm=True)]
+    return scores, lm.executor.replica.backend.counters.as_dict(), time.perf_counter() - started
+
+
+def fewshot_main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = long_demo_model(tmp)
+        store = Store(Path(tmp) / "store")
+        lms = {
+            logits: open_lm(compile_bundle(plan_compile(model, CompileOptions(batch_size=args.batch_size, logits=logits)), store).bundle)
+            for logits in ("all", "last")
+        }
+        chunk = lms["all"].shape.prefill_chunk
+        print(
+            f"{FEWSHOT_TASK}: device cost per question, demo llama at {FEWSHOT_MAX_LENGTH} tokens, batch size "
+            f"{args.batch_size}, {args.fewshot_limit} questions, prefill chunk {chunk}"
+        )
+        header = (
+            f"{'shots':>5} |{'context':>8} |{'full-logit before':>18} |{'tokens':>8} |{'after':>6} |{'tokens':>8} |"
+            f"{'tokens ×':>9} |{'last-logit calls':>17} |{'tokens':>8} | max |Δlogp| before, last"
+        )
+        print(header)
+        print("-" * len(header))
+        for shots in FEWSHOT_SHOTS:
+            instances = fewshot_requests(shots, args.fewshot_limit)
+            questions = len({inst.doc_id for inst in instances})
+            contexts = {inst.doc_id: len(lms["all"]._encode_pair(*inst.args)[0]) for inst in instances}
+            before_scores, before, _ = score_fewshot(lms["all"], instances, shared=False)
+            after_scores, after, _ = score_fewshot(lms["all"], instances, shared=True)
+            last_scores, last, _ = score_fewshot(lms["last"], instances, shared=True)
+            same = max(abs(a - b) for a, b in zip(after_scores, before_scores))
+            delta = max(abs(a - c) for a, c in zip(after_scores, last_scores))
+            bc, bt = sum_counters(before)
+            ac, at = sum_counters(after)
+            lc, lt = sum_counters(last)
+            q = questions
+            print(
+                f"{shots:>5} |{sum(contexts.values()) / q:>8.0f} |{bc / q:>18.2f} |{bt / q:>8.0f} |{ac / q:>6.2f} |"
+                f"{at / q:>8.0f} |{bt / at:>9.2f} |{lc / q:>17.2f} |{lt / q:>8.0f} | {same:.1e}, {delta:.1e}"
+            )
+        print(f"(prefill calls of the 25-shot rows are bounded by ceil(context / {chunk}) + choices per question)")
+        if args.wall_time:
+            os.environ["RBLN_EVAL_SIM_LATENCY_MS"] = str(LATENCY_MS)
+            instances = fewshot_requests(25, args.fewshot_limit)
+            print()
+            print(f"25-shot {FEWSHOT_TASK}, {args.fewshot_limit} questions, every device call >= {LATENCY_MS} ms: whole-task wall time")
+            for label, shared in (("before", False), ("after", True)):
+                _, counters, seconds = score_fewshot(lms["all"], instances, shared=shared)
+                calls, _ = sum_counters(counters)
+                print(f"  {label:>6}: {seconds:7.2f} s   {calls} device calls (x {LATENCY_MS} ms = {calls * LATENCY_MS / 1000:.2f} s)")
+        for lm in lms.values():
+            lm.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=40, help="documents per task")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--fewshot", action="store_true", help="the few-shot rows instead of the request types")
+    parser.add_argument("--fewshot-limit", type=int, default=8, help="questions per few-shot setting")
+    parser.add_argument("--wall-time", action="store_true", help=f"with --fewshot: 25-shot wall time at {LATENCY_MS} ms per call")
     args = parser.parse_args()
+    if args.fewshot:
+        fewshot_main(args)
+        return
     model = str(demo.causal_model_dir())
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)

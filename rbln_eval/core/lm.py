@@ -73,6 +73,7 @@ class BundleLM(TemplateLM):
         self.load_seconds = executor.load_seconds
         self._truncation_warned = False
         self.seconds_by_type: dict[str, float] = {}
+        self.counters_by_type: dict[str, dict[str, dict[str, int]]] = {}  # request type -> graph -> calls, tokens
         self.requests_served = 0
         if batch_size not in (None, "", "auto") and str(batch_size) != str(self.shape.batch_size):
             logger.warning(
@@ -171,13 +172,21 @@ class BundleLM(TemplateLM):
 
     @contextlib.contextmanager
     def _timed(self, request_type: str, requests: int) -> Iterator[None]:
+        """Account one lm_eval request call: its seconds, its requests and the device work it caused."""
         started = time.monotonic()
+        before = self.executor.counters()
         try:
             yield
         finally:
             seconds = time.monotonic() - started
             self.seconds_by_type[request_type] = self.seconds_by_type.get(request_type, 0.0) + seconds
             self.requests_served += requests
+            counted = self.counters_by_type.setdefault(request_type, {})
+            for graph, now in self.executor.counters().items():
+                was = before.get(graph, {})
+                total = counted.setdefault(graph, {"calls": 0, "tokens": 0})
+                total["calls"] += now.get("calls", 0) - was.get("calls", 0)
+                total["tokens"] += now.get("tokens", 0) - was.get("tokens", 0)
 
     def _run(self, what: str, items: list, costs: list[int], sizes: list[int], disable_tqdm: bool) -> list[Any]:
         """Run work items on the executor, with a progress bar over the requests they hold."""
@@ -321,6 +330,7 @@ class BundleLM(TemplateLM):
                 "batch_size": self.shape.batch_size,
                 "max_length": self.max_length,
                 "device_counters": self.device_counters,
+                "device_counters_by_request_type": self.counters_by_type,
                 **self.executor.describe(),
             }
         }

@@ -7,12 +7,14 @@ position), receiving logits back. :func:`run_programs` keeps every row busy: a r
 refilled with the next program while the others continue, and all pending steps go to the device in one
 decode call.
 
-Loglikelihood requests that share a context (multiple choice) share its prefill: every continuation's first
-token is read off the prefill logits. With a full-logit bundle each multi-token continuation is read off a
-prefill of context + continuation (one call per request, no decode steps); with a last-logit bundle later
-tokens are teacher-forced decode steps, a row's positions after the context simply overwritten by the next
-choice. Prefill is never re-run per continuation token. :func:`plan_loglikelihood` decides which requests
-share a row so that no row is left with far more decode work than the others.
+Loglikelihood requests that share a context (multiple choice) share one row and its prefill. With a
+full-logit bundle the context's whole prefill chunks are prefilled once; each multi-token continuation is then
+prefilled from the context's last chunk boundary (context tail + continuation, on top of the row's cached
+prefix: ``Open(tokens, start)``) and read off that prefill; a one-token continuation is read off the context's
+own logits. With a last-logit bundle the rest of each continuation is teacher-forced decode steps, a row's
+positions after the context simply overwritten by the next choice. Prefill is never re-run per continuation
+token. :func:`plan_loglikelihood` decides which requests share a row so that no row is left with far more
+work than the others.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ import torch
 
 @dataclass(frozen=True)
 class Open:
-    """Prefill a row with ``tokens`` (causal) or encode them (seq2seq)."""
+    """Prefill a row with ``tokens`` (causal) or encode them (seq2seq).
+
+    ``start`` is the position of the first token: above 0, a prefill-chunk boundary, and the row's cached
+    positions before it (filled by this program's earlier prefills) are kept — prefix caching within a row.
+    A program may open its row again while it holds it.
+    """
 
     tokens: Sequence[int]
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,11 @@ class Backend(Protocol):
     full_logits: bool
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor | None:
-        """Prefill/encode ``row``; causal: logits ``[n, vocab]`` for the last n input positions."""
+        """Prefill/encode ``row``; causal: logits ``[n, vocab]`` for the last n input positions.
+
+        A backend that keeps a row's cached prefix also takes ``start`` (see :class:`Open`); it is passed only
+        when it is not 0.
+        """
 
     def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
         """One decode step over all rows; returns logits ``[batch, vocab]``."""
@@ -75,15 +87,24 @@ def run_programs(
         if on_result is not None:
             on_result(index, value)
 
-    def advance(index: int, program: Program, value: torch.Tensor | None) -> Step | None:
-        try:
-            request = program.send(value)
-        except StopIteration as stop:
-            finish(index, stop.value)
-            return None
-        if not isinstance(request, Step):
-            raise RuntimeError(f"a program may open its row only once, got {request!r}")
-        return request
+    def advance(row: int, index: int, program: Program, value: torch.Tensor | None) -> Step | None:
+        """Send ``value``; serve the program's prefills of its row until it asks for a decode step or ends."""
+        while True:
+            try:
+                request = program.send(value)
+            except StopIteration as stop:
+                finish(index, stop.value)
+                return None
+            if isinstance(request, Step):
+                return request
+            value = prefill(row, request)
+
+    def prefill(row: int, request: object) -> torch.Tensor | None:
+        if not isinstance(request, Open):
+            raise RuntimeError(f"a program asks for prefills and decode steps only, got {request!r}")
+        if request.start:
+            return backend.open(row, request.tokens, start=request.start)  # type: ignore[call-arg]
+        return backend.open(row, request.tokens)
 
     exhausted = False
     while True:
@@ -95,9 +116,9 @@ def run_programs(
                     exhausted = True
                     break
                 request = next(program)
-                if not isinstance(request, Open):
-                    raise RuntimeError(f"a program must open its row first, got {request!r}")
-                step = advance(index, program, backend.open(row, request.tokens))
+                if not isinstance(request, Open) or request.start:
+                    raise RuntimeError(f"a program must open its row from position 0 first, got {request!r}")
+                step = advance(row, index, program, prefill(row, request))
                 if step is not None:
                     rows[row] = (index, program, step)
         if not any(rows):
@@ -110,7 +131,7 @@ def run_programs(
             if slot is None:
                 continue
             index, program, _ = slot
-            step = advance(index, program, logits[row])
+            step = advance(row, index, program, logits[row])
             rows[row] = (index, program, step) if step is not None else None
     return [results[i] for i in range(len(results))]
 
@@ -122,49 +143,67 @@ def run_programs(
 #: Teacher-forced decode tokens one shared-context job may hold before the next request gets a row of its own.
 DECODE_BUDGET = 64
 
+#: Prefill chunks of continuations (after the shared context) one shared-context job may hold before the next
+#: request starts a job of its own (which prefills the shared context again).
+PREFILL_BUDGET = 32
+
 
 @dataclass(frozen=True)
 class LoglikelihoodJob:
-    """Requests scored on one batch row from one prefill of ``context``: indices into the request list."""
+    """Requests scored on one batch row after one prefill of ``context``: indices into the request list."""
 
     context: tuple[int, ...]
     members: tuple[int, ...]
 
 
 def plan_loglikelihood(
-    requests: Sequence[tuple[Sequence[int], Sequence[int]]], full_logits: bool
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]], full_logits: bool, prefill_chunk: int | None = None,
 ) -> list[LoglikelihoodJob]:
     """Group ``(context, continuation)`` token pairs into jobs, longest contexts first.
 
-    Requests with the same context share a job. With full logits, a job holds one multi-token continuation
-    (read off its prefill) and any number of single-token ones; every other multi-token continuation gets a
-    prefill of its own. Otherwise a job takes requests until their decode steps exceed :data:`DECODE_BUDGET`,
-    so that a context shared by many long continuations (the first window of every rolling document) is
-    spread over all rows instead of serialized on one.
+    Requests with the same context share a job. With full logits and a backend that keeps a row's cached
+    prefix (``prefill_chunk`` given), a context of at least one whole chunk is shared by all its requests: its
+    chunks are prefilled once, every continuation from the context's last chunk boundary on (up to
+    :data:`PREFILL_BUDGET` chunks per job). Otherwise, with full logits, a job holds one multi-token
+    continuation (read off its prefill) and any number of single-token ones, and every other multi-token
+    continuation gets a prefill of its own. With last-logit bundles a job takes requests until their decode
+    steps exceed :data:`DECODE_BUDGET`, so that a context shared by many long continuations (the first window
+    of every rolling document) is spread over all rows instead of serialized on one.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(requests):
         groups.setdefault(tuple(context), []).append(index)
     jobs: list[LoglikelihoodJob] = []
     for context, members in groups.items():
-        if full_logits:
+        if full_logits and prefill_chunk and len(context) >= prefill_chunk:
+            tail = len(context) % prefill_chunk
+            costs = [-(-(tail + len(requests[i][1]) - 1) // prefill_chunk) for i in members]
+            jobs.extend(_budgeted(context, members, costs, PREFILL_BUDGET))
+        elif full_logits:
             multi = [i for i in members if len(requests[i][1]) > 1]
             single = [i for i in members if len(requests[i][1]) <= 1]
             anchor = multi[:1]
             jobs.append(LoglikelihoodJob(context, tuple(sorted(anchor + single))))
             jobs.extend(LoglikelihoodJob(context, (i,)) for i in multi[1:])
-            continue
-        current: list[int] = []
-        steps = 0
-        for i in members:
-            cost = len(requests[i][1]) - 1
-            if current and steps + cost > DECODE_BUDGET:
-                jobs.append(LoglikelihoodJob(context, tuple(current)))
-                current, steps = [], 0
-            current.append(i)
-            steps += cost
-        jobs.append(LoglikelihoodJob(context, tuple(current)))
+        else:
+            costs = [len(requests[i][1]) - 1 for i in members]
+            jobs.extend(_budgeted(context, members, costs, DECODE_BUDGET))
     jobs.sort(key=lambda job: -len(job.context))
+    return jobs
+
+
+def _budgeted(context: tuple[int, ...], members: list[int], costs: list[int], budget: int) -> list[LoglikelihoodJob]:
+    """``members`` in order, a new job whenever the next one's cost would take a job's total over ``budget``."""
+    jobs: list[LoglikelihoodJob] = []
+    current: list[int] = []
+    total = 0
+    for index, cost in zip(members, costs):
+        if current and total + cost > budget:
+            jobs.append(LoglikelihoodJob(context, tuple(current)))
+            current, total = [], 0
+        current.append(index)
+        total += cost
+    jobs.append(LoglikelihoodJob(context, tuple(current)))
     return jobs
 
 

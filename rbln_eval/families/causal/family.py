@@ -66,6 +66,12 @@ class CausalFamily(Family):
         return causal_greedy_program(backend, tokens, max_new_tokens, stop, eos_token_ids)
 
     def job_cost(self, shape: ReplicaShape, context: int, continuations: Sequence[int]) -> int:
-        if shape.full_logits:  # everything is read off one prefill
+        if not shape.full_logits:
+            return super().job_cost(shape, context, continuations)
+        multi = [length for length in continuations if length > 1]
+        if len(multi) <= 1:  # everything is read off one prefill
             return shape.prefill_cost(context + max(continuations) - 1)
-        return super().job_cost(shape, context, continuations)
+        # the context's whole chunks once, then each multi-token continuation after the context's tail
+        start = context // shape.prefill_chunk * shape.prefill_chunk if shape.prefill_chunk else 0
+        shared = shape.prefill_cost(start) if start else 0
+        return shared + sum(shape.prefill_cost(context - start + length - 1) for length in multi)

@@ -1,8 +1,10 @@
-"""A causal LM's programs: score continuations off one prefill of their context, and greedy generation."""
+"""A causal LM's programs: score the continuations of one context on one row, and greedy generation."""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import torch
 
 from rbln_eval.core.programs import Backend, Open, Program, Score, greedy, teacher_forced
 
@@ -10,25 +12,65 @@ from rbln_eval.core.programs import Backend, Open, Program, Score, greedy, teach
 def causal_loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
     """Score every continuation of one context: ``[(logprob, is_greedy), ...]``.
 
-    Prefill the context (with a full-logit bundle, plus the longest continuation, whose tokens are then
-    all read off the prefill); other tokens are teacher-forced decode steps from the context's end.
+    Full-logit bundle: see :func:`shared_context_scores`. Last-logit bundle: prefill the context; every
+    continuation's first token is read off its last logits, the other tokens are teacher-forced decode steps
+    from the context's end.
     """
-    scores = [Score() for _ in continuations]
-    prefilled: int | None = None
     if backend.full_logits:
-        prefilled = max(range(len(continuations)), key=lambda i: len(continuations[i]))
-        longest = continuations[prefilled]
+        return (yield from shared_context_scores(backend, context, continuations))
+    scores = [Score() for _ in continuations]
+    logits = yield Open(context)
+    assert logits is not None
+    return (yield from teacher_forced(scores, logits[-1], continuations, len(context), skip=None))
+
+
+def shared_context_scores(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
+    """Score continuations off full-logit prefills, with no decode step.
+
+    One multi-token continuation at most: one prefill of context + continuation. More: the context's whole
+    prefill chunks are prefilled once, then each multi-token continuation from the context's last chunk
+    boundary (context tail + continuation) on top of the row's cached prefix, and read off that prefill. A
+    one-token continuation is read off the logits of the context's last position. A backend that does not keep
+    a row's prefix (``reuses_prefix``) prefills every multi-token continuation with the whole context.
+    """
+    length = len(context)
+    multi = [i for i, continuation in enumerate(continuations) if len(continuation) > 1]
+    if len(multi) <= 1:
+        longest = continuations[multi[0]] if multi else continuations[0]
         logits = yield Open(list(context) + list(longest[:-1]))
         assert logits is not None
-        offset = len(context) - 1
-        for j in range(1, len(longest)):
-            scores[prefilled].add(logits[offset + j], longest[j])
-        first = logits[offset]
-    else:
-        logits = yield Open(context)
+        return [_score(logits[length - 1 :], continuation) for continuation in continuations]
+    chunk = getattr(backend, "prefill_chunk", None) if getattr(backend, "reuses_prefix", False) else None
+    start = length // chunk * chunk if chunk else 0
+    last: torch.Tensor | None = None  # logits of position length - 1
+    if start:
+        shared = yield Open(list(context[:start]))
+        assert shared is not None
+        if start == length:
+            last = shared[-1:]
+    results: dict[int, tuple[float, bool]] = {}
+    for i in multi:
+        logits = yield Open(list(context[start:]) + list(continuations[i][:-1]), start=start)
         assert logits is not None
-        first = logits[-1]
-    return (yield from teacher_forced(scores, first, continuations, len(context), skip=prefilled))
+        if start < length:
+            last = logits[length - 1 - start : length - start]
+            results[i] = _score(logits[length - 1 - start :], continuations[i])
+        else:
+            assert last is not None
+            results[i] = _score(torch.cat([last, logits]), continuations[i])
+    assert last is not None
+    for i, continuation in enumerate(continuations):
+        if i not in results:
+            results[i] = _score(last, continuation)
+    return [results[i] for i in range(len(continuations))]
+
+
+def _score(logits: torch.Tensor, continuation: Sequence[int]) -> tuple[float, bool]:
+    """The score of ``continuation`` off ``logits``, row j predicting its token j."""
+    score = Score()
+    for j, token in enumerate(continuation):
+        score.add(logits[j], token)
+    return score.logprob, score.greedy
 
 
 def causal_greedy_program(

@@ -71,6 +71,8 @@ def with_images(
 class VisionLanguageBackend(CausalBackend):
     """Prefill with image features + batched decode over a loaded ``RBLN…ForConditionalGeneration``."""
 
+    reuses_prefix = False  # its prefill takes embeddings: a question's context is prefilled with each choice
+
     def __init__(self, model: Any) -> None:
         name = next(n for n in TEXT_SUBMODULES if n in model.rbln_config.submodules)
         self.vlm = model
@@ -128,6 +130,8 @@ class MultimodalRopeBackend(CausalBackend):
     Prefill computes each row's position embeddings and its ``rope_delta`` (optimum-rbln's
     ``_preprocess_prefill``); a decode step at position p of a row uses M-RoPE position p + delta there.
     """
+
+    reuses_prefix = False  # each prefill computes the row's positions from the whole prompt
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
