@@ -88,12 +88,6 @@ class BundleArgs:
         return open_executor(obtained.bundle, self.device, self.devices, self.data_parallel, self.ray), obtained.compiled_now
 
 
-def open_from_model_args(cls: type[BundleLM], kwargs: dict[str, Any]) -> tuple[Executor, bool]:
-    """The executor named by model_args (``kwargs`` keeps the scoring args), after checking every name."""
-    cls.check_args(kwargs)  # before anything is opened
-    return BundleArgs.parse(kwargs).open()
-
-
 @register_model("rbln")
 class RBLNLM(BundleLM):
     """``rbln``: score the bundle that model_args name (``artifact=`` or ``pretrained=``), or ``executor``'s.

@@ -1,7 +1,7 @@
 """The lm-evaluation-harness model ``rbln-vlm``: an image-text-to-text bundle named by model_args.
 
-The scoring is :class:`~rbln_eval.families.vision_language.lm.VisionLanguageLM`'s; model_args are read as for
-``rbln`` (:class:`rbln_eval.lm.BundleArgs`).
+model_args are read as for ``rbln`` (:class:`rbln_eval.lm.BundleArgs`); the scoring is the lm class of the
+bundle's family that is scored as ``rbln-vlm`` (its ``MODEL_NAME``), found through the family registry.
 """
 
 from __future__ import annotations
@@ -11,31 +11,23 @@ from typing import Any
 from lm_eval.api.registry import register_model
 
 from rbln_eval.core.work import Executor
-from rbln_eval.errors import ConfigError
-from rbln_eval.errors import MultimodalRequestError
-from rbln_eval.families.vision_language.lm import VisionLanguageLM
-from rbln_eval.lm import BundleArgs, open_from_model_args
+from rbln_eval.errors import ConfigError, MultimodalRequestError
+from rbln_eval.lm import RBLNLM
 
 
 @register_model("rbln-vlm")
-class RBLNVLM(VisionLanguageLM):
+class RBLNVLM(RBLNLM):
     """``rbln-vlm``: score the image-text-to-text bundle that model_args name, or ``executor``'s."""
 
-    MODEL_ARGS = BundleArgs.names() + VisionLanguageLM.MODEL_ARGS
+    MODEL_NAME = "rbln-vlm"
 
-    def __init__(self, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> None:
-        if executor is None:
-            executor, compiled_now = open_from_model_args(type(self), model_args)
-        if not issubclass(executor.family.lm_class, VisionLanguageLM):
-            executor.close()
-            raise ConfigError(
-                f"bundle {executor.bundle.digest[:12]} is a {executor.family.name} bundle: use the `rbln` model for it"
-            )
-        try:
-            super().__init__(executor, compiled_now, **model_args)
-        except BaseException:
-            executor.close()
-            raise
+    def __new__(cls, executor: Executor | None = None, compiled_now: bool = False, **model_args: Any) -> "RBLNVLM":
+        instance = super().__new__(cls, executor, compiled_now, **model_args)
+        if type(instance) is cls:  # the bundle's family has no lm class scored as rbln-vlm
+            opened, _ = instance.__dict__.pop("opened")
+            opened.close()
+            raise ConfigError(f"bundle {opened.bundle.digest[:12]} is a {opened.family.name} bundle: use the `rbln` model for it")
+        return instance  # type: ignore[return-value]
 
 
 __all__ = ["MultimodalRequestError", "RBLNVLM"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from importlinter.api import read_configuration
 
 REPO = Path(__file__).resolve().parent.parent
-CONTRACTS = 6
+CONTRACTS = 4
 
 #: The layers, top to bottom: a module imports only from its own layer or the layers below it.
 LAYERS = [
@@ -47,6 +47,12 @@ def test_the_contracts_are_the_documented_ones() -> None:
     assert set(simulator["forbidden_modules"]) == layered | {"rbln_eval.demo"}
     protected = next(contract for contract in contracts.values() if contract["type"] == "protected")
     assert protected["allowed_importers"] == ["rbln_eval.families"]
+    # every family folder is protected and independent of the others: a new family cannot be forgotten here
+    folders = sorted(f"rbln_eval.families.{path.name}" for path in (REPO / "rbln_eval" / "families").iterdir()
+                     if (path / "__init__.py").is_file())
+    independent = next(contract for contract in contracts.values() if contract["type"] == "independence")
+    assert sorted(independent["modules"]) == folders
+    assert sorted(protected["protected_modules"]) == folders
 
 
 def test_the_package_keeps_its_contracts() -> None:
@@ -93,6 +99,7 @@ def test_each_contract_reports_a_package_that_breaks_it(tmp_path: Path) -> None:
         "The following modules are not listed as layers:\n\n- rbln_eval.stray\n",
         "rbln_eval.sim.leak -> rbln_eval.util.units (l.1)",
         "rbln_eval.families.seq2seq is not allowed to import rbln_eval.families.causal:",
+        "rbln_eval.families.causal is not allowed to import rbln_eval.families.vision_language:",
         "rbln_eval.families.seq2seq.borrowed -> rbln_eval.families.causal.backend (l.1)",
         "rbln_eval.families.vision_language.encoder -> rbln_eval.families.seq2seq.backend (l.1)",
         "rbln_eval.families.causal.pictures -> rbln_eval.families.vision_language.backend (l.1)",

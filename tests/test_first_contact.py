@@ -1,7 +1,8 @@
 """A new user's first commands at 80 columns (a CI log, an ssh session), and input that is checked, not ignored.
 
-Tables and help keep what tells rows and options apart whole at 80 columns; `remote add` of a missing
-directory, `prefetch` of a local task offline and `doctor` without an NPU answer in one clear line.
+Tables and help keep what tells rows and options apart whole at 80 columns (`ls`, `explain`, `compare`);
+`remote add` of a missing directory, `prefetch` of a local task offline, `doctor` without an NPU and a
+command line click cannot parse answer in one clear line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 from typer.testing import CliRunner
 
 from conftest import tree_snapshot
+from rbln_eval.evaluation.compare import ComparisonReport, MetricDelta, TaskComparison
 from rbln_eval.identity import BundleKey, ModelSource
 from rbln_eval.store import Store
 from rbln_eval.util.units import human_size
@@ -225,7 +227,7 @@ def test_doctor_without_npu_names_the_simulator(rebel: str | None, hint: str | N
 
 
 def test_lm_eval_advice_is_shown_only_at_info(caplog: pytest.LogCaptureFixture) -> None:
-    from rbln_eval.cli.options import LmEvalAdviceFilter, quiet_lm_eval
+    from rbln_eval.util.logs import LmEvalAdviceFilter, quiet_lm_eval
 
     task_logger, lm_eval_logger = logging.getLogger("lm_eval.api.task"), logging.getLogger("lm_eval")
     filters, level, propagate = list(task_logger.filters), lm_eval_logger.level, lm_eval_logger.propagate
@@ -246,3 +248,126 @@ def test_lm_eval_advice_is_shown_only_at_info(caplog: pytest.LogCaptureFixture) 
         task_logger.filters[:] = filters
         lm_eval_logger.setLevel(level)
         lm_eval_logger.propagate = propagate
+
+
+ADVICE = "demo_mc: Custom kwargs can be passed to `--metadata` in console (as json string) or to the TaskManager."
+
+
+def test_a_sweep_cell_keeps_lm_eval_advice_out_without_the_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Ray task or worker process scores cells without going through the CLI's main()."""
+    from rbln_eval.errors import RblnEvalError
+    from rbln_eval.sweep.cells import evaluate_cell
+    from rbln_eval.sweep.source import BundleSource
+    from rbln_eval.util.logs import LmEvalAdviceFilter
+
+    task_logger, lm_eval_logger = logging.getLogger("lm_eval.api.task"), logging.getLogger("lm_eval")
+    filters, level, propagate = list(task_logger.filters), lm_eval_logger.level, lm_eval_logger.propagate
+    try:
+        task_logger.filters[:] = [f for f in filters if not isinstance(f, LmEvalAdviceFilter)]
+        lm_eval_logger.propagate = True
+        lm_eval_logger.setLevel(logging.WARNING)
+        missing = BundleSource(digest="0" * 64, store=str(tmp_path / "store"))
+        with pytest.raises(RblnEvalError, match="is neither in this node's store"):
+            evaluate_cell(missing, {"task": "demo_mc"}, str(tmp_path / "cell"), log_samples=False)
+        with caplog.at_level(logging.DEBUG):
+            task_logger.warning(ADVICE)
+            task_logger.warning("a real warning")
+        assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+    finally:
+        task_logger.filters[:] = filters
+        lm_eval_logger.setLevel(level)
+        lm_eval_logger.propagate = propagate
+
+
+def comparison_report(tolerance: float | None = 1e-4) -> ComparisonReport:
+    tasks = [
+        TaskComparison(
+            "hellaswag", "multiple_choice", 8,
+            [MetricDelta("acc,none", 1.4142, 1.4142, 0.0), MetricDelta("acc_norm,none", 0.625, 0.5, 0.125)],
+            logprobs=32, max_abs_logprob_delta=1.23e-05, mean_abs_logprob_delta=4.5e-06, argmax_agreement=0.875,
+            failures=["acc_norm,none differs by +0.125"],
+        ),
+        TaskComparison(
+            "lambada_openai", "loglikelihood", 8, [MetricDelta("perplexity,none", 2531.12, 2531.1, 0.02)],
+            logprobs=8, max_abs_logprob_delta=1e-3, mean_abs_logprob_delta=2e-4,
+        ),
+        TaskComparison("demo_gen", "generate_until", 8, [MetricDelta("exact_match,none", 0.5, 0.5, 0.0)], generation_agreement=1.0),
+    ]
+    reference = {"pretrained": "meta-llama/Llama-3.2-1B-Instruct", "dtype": "float32", "device": "cpu"}
+    return ComparisonReport("3f2a9c1b2d4e" + "0" * 52, "SIM-RBLN-CA25", reference, tasks, 8.0, None, tolerance)
+
+
+#: Each task's cells, as compare prints them: its metrics' rows, then its requests' row ending in the verdict.
+METRIC_CELLS = [
+    ["hellaswag", "acc", "1.4142", "1.4142", "+0.00e+00"],
+    ["hellaswag", "acc_norm", "0.625", "0.5", "+1.25e-01"],
+    ["lambada_openai", "perplexity", "2531.12", "2531.1", "+2.00e-02"],
+    ["demo_gen", "exact_match", "0.5", "0.5", "+0.00e+00"],
+]
+REQUEST_CELLS = [
+    ["hellaswag", "1.23e-05", "4.50e-06", "87.5%", "-", "FAIL"],
+    ["lambada_openai", "1.00e-03", "2.00e-04", "-", "-", "ok"],
+    ["demo_gen", "-", "-", "-", "100.0%", "ok"],
+]
+
+
+def printed_comparison(report: ComparisonReport, monkeypatch: pytest.MonkeyPatch, columns: int) -> str:
+    from rich.console import Console
+
+    from rbln_eval.cli.evaluate import print_comparison
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    console = Console(file=io.StringIO(), highlight=False, soft_wrap=True)  # as wide as COLUMNS says
+    print_comparison(report, console)
+    return console.file.getvalue()
+
+
+def test_compare_at_80_columns_keeps_every_number_and_the_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = printed_comparison(comparison_report(), monkeypatch, 80)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "rbln 3f2a9c1b2d4e (SIM-RBLN-CA25) vs hf meta-llama/Llama-3.2-1B-Instruct (float32, cpu), "
+        "limit: 8, num_fewshot: None, tolerance: 0.0001"
+    )
+    table = lines[1:]
+    assert ELLIPSIS not in text and all(len(line.rstrip()) <= 80 for line in table), text
+    rows = [line.split() for line in table if line.strip()]
+    assert rows == [
+        ["task", "metric", "rbln", "hf", "Δ"], *METRIC_CELLS,
+        ["task", "max", "|Δlp|", "mean", "|Δlp|", "argmax", "agree", "gen", "agree", "verdict"], *REQUEST_CELLS,
+    ], text
+
+    without_tolerance = printed_comparison(comparison_report(tolerance=None), monkeypatch, 80)
+    assert "verdict" not in without_tolerance and "tolerance" not in without_tolerance
+    assert [line.split() for line in without_tolerance.splitlines()[-3:]] == [row[:-1] for row in REQUEST_CELLS]
+
+
+def test_compare_narrower_than_its_tables_prints_records_with_whole_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = printed_comparison(comparison_report(), monkeypatch, 40)
+    assert ELLIPSIS not in text
+    values = [line.split()[-1] for line in text.splitlines()[1:] if line.strip()]  # `header  value` lines
+    assert all(len(line.rstrip()) <= 40 for line in text.splitlines()[1:]), text
+    assert [value for value in values if value in {"ok", "FAIL"}] == ["FAIL", "ok", "ok"]
+    for cells in (*METRIC_CELLS, *REQUEST_CELLS):
+        for cell in cells[1:]:
+            assert cell == "-" or cell in values, (cell, text)
+
+
+def test_a_command_line_click_cannot_parse_is_one_error_line_naming_working_help() -> None:
+    for args, message in (
+        (["show"], "missing argument 'REF'"),
+        (["ls", "--bogus"], "no such option: --bogus"),
+        (["compare", "3f2a9c", "--tasks", "demo_mc", "--limit", "many"], "invalid value for '--limit'"),
+    ):
+        line = one_error_line(cli(*args))
+        match = re.fullmatch(rf"error: {re.escape(message)}.* \(see (.+) {args[0]} --help\)", line)
+        assert match, line
+    help_command = f"{match.group(1)} compare --help"  # as printed: it runs from here
+    shown = subprocess.run(help_command, shell=True, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and shown.stdout.startswith("Usage: rbln-eval compare [OPTIONS] {REF}"), shown
+
+    for args in (["--help"], ["show", "--help"], ["--version"]):
+        result = cli(*args)
+        assert result.returncode == 0 and result.stdout and not result.stderr, (args, result)
+    group_alone = cli("remote")  # a group named alone still shows its help
+    assert group_alone.returncode == 2 and group_alone.stderr.startswith("Usage: rbln-eval remote [OPTIONS] COMMAND")

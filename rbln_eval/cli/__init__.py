@@ -17,9 +17,10 @@ import typer
 
 from rbln_eval import __version__
 from rbln_eval.cli import build, evaluate, remote, store, sweep, system
-from rbln_eval.cli.options import err, out, quiet_lm_eval
+from rbln_eval.cli.options import err, out
 from rbln_eval.cli.failures import run_guarded
 from rbln_eval.cli.help_format import plain_typer
+from rbln_eval.util.logs import quiet_lm_eval
 
 app = plain_typer(
     name="rbln-eval",
@@ -51,7 +52,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_lm_eval()
     args = list(sys.argv[1:] if argv is None else argv)
-    run_guarded(lambda arguments: app(args=arguments, prog_name="rbln-eval"), args, err)
+    run_guarded(lambda arguments: app(args=arguments, prog_name="rbln-eval", standalone_mode=False), args, err)
 
 
 __all__ = ["app", "main"]

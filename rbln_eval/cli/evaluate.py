@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.table import Table
+from rich.console import Console
 
 from rbln_eval.api import evaluate_bundle, open_executor, open_lm
 from rbln_eval.errors import RblnEvalError
@@ -39,6 +39,10 @@ from rbln_eval.cli.options import (
     split_tasks,
 )
 from rbln_eval.cli.build import compile_options, obtain_model
+from rbln_eval.cli.tables import Column, fitted_table
+
+if TYPE_CHECKING:
+    from rbln_eval.evaluation.compare import ComparisonReport
 
 
 def _open_replicas(
@@ -186,7 +190,7 @@ def _print_results(results: dict[str, Any], bundle: Bundle, options: Any) -> Non
         out.print(summary_json({k: v for k, v in results.items() if k != "samples"}), markup=False)
     info = results["config"]["rbln"]
     out.print(
-        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), gen_kwargs: ({options.gen_kwargs}), limit: {options.limit}, "
+        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), gen_kwargs: ({options.gen_kwargs}), limit: {_whole(options.limit)}, "
         f"num_fewshot: {options.num_fewshot}, batch_size: {info['batch_size']}",
         markup=False,
     )
@@ -251,7 +255,7 @@ def compare_command(
         raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
     check_eval_options(num_fewshot, limit, gen_kwargs)
     options = EvalOptions(
-        tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=limit, include_path=include_path,
+        tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=_whole(limit), include_path=include_path,
         gen_kwargs=gen_kwargs, seed=parse_seed(seed), log_samples=True,
     )
     st = open_store(store)
@@ -264,7 +268,7 @@ def compare_command(
         report = run_compare(lm, options, tolerance, reference=reference)
     finally:
         lm.close()
-    _print_comparison(report)
+    print_comparison(report, out)
     path = report.write(output or Path(f"compare-{bundle.digest[:12]}.json"))
     err.print(f"report written to {path}", markup=False)
     if not report.passed:
@@ -273,37 +277,53 @@ def compare_command(
         raise typer.Exit(1)
 
 
-def _fmt(value: Optional[float], spec: str = ".3g") -> str:
+#: The comparison at any width: a row per (task, metric), then a row per task with its requests and verdict.
+METRIC_COLUMNS = (Column("task"), Column("metric"), Column("rbln", "number"), Column("hf", "number"), Column("Δ", "number"))
+REQUEST_COLUMNS = (
+    Column("task"), Column("max |Δlp|", "number"), Column("mean |Δlp|", "number"),
+    Column("argmax agree", "number"), Column("gen agree", "number"),
+)
+VERDICT_COLUMN = Column("verdict", "id")
+
+
+def _number(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _print_comparison(report) -> None:
-    out.print(
+def _whole(value: Optional[float]) -> Optional[float]:
+    """``8.0`` as ``8`` (a document count); fractions and None unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def print_comparison(report: ComparisonReport, console: Console) -> None:
+    """The report as two tables that keep every number and the verdict whole at ``console``'s width."""
+    tolerance = "" if report.tolerance is None else f", tolerance: {report.tolerance:g}"
+    console.print(
         f"rbln {report.bundle[:12]} ({report.target}) vs hf {report.reference['pretrained']} "
-        f"({report.reference['dtype']}, {report.reference['device']}), limit: {report.limit}",
+        f"({report.reference['dtype']}, {report.reference['device']}), limit: {_whole(report.limit)}, "
+        f"num_fewshot: {report.num_fewshot}{tolerance}",
         markup=False,
     )
-    table = Table(box=None, pad_edge=False)
-    for column in ("task", "metric", "rbln", "hf", "Δ", "max |Δ lp|", "mean |Δ lp|", "argmax agree", "gen agree", ""):
-        table.add_column(column, no_wrap=True)
-    for task in report.tasks:
-        status = "" if report.tolerance is None else ("ok" if task.passed else "[red]FAIL[/red]")
-        first = True
-        for metric in task.metrics or [None]:
-            table.add_row(
-                task.task if first else "",
-                metric.metric.replace(",none", "") if metric else "-",
-                _fmt(metric.rbln, ".6g") if metric else "-",
-                _fmt(metric.reference, ".6g") if metric else "-",
-                _fmt(metric.delta, "+.2e") if metric else "-",
-                _fmt(task.max_abs_logprob_delta, ".2e") if first else "",
-                _fmt(task.mean_abs_logprob_delta, ".2e") if first else "",
-                _fmt(task.argmax_agreement, ".1%") if first else "",
-                _fmt(task.generation_agreement, ".1%") if first else "",
-                status if first else "",
-            )
-            first = False
-    out.print(table, width=max(out.width, 160))
+    metric_rows = [
+        [task.task, metric.metric.replace(",none", ""), _number(metric.rbln, ".6g"), _number(metric.reference, ".6g"),
+         _number(metric.delta, "+.2e")]
+        for task in report.tasks for metric in task.metrics
+    ]
+    request_rows = [
+        [task.task, _number(task.max_abs_logprob_delta, ".2e"), _number(task.mean_abs_logprob_delta, ".2e"),
+         _number(task.argmax_agreement, ".1%"), _number(task.generation_agreement, ".1%")]
+        + ([] if report.tolerance is None else ["ok" if task.passed else "FAIL"])
+        for task in report.tasks
+    ]
+    request_columns = REQUEST_COLUMNS + (() if report.tolerance is None else (VERDICT_COLUMN,))
+    for columns, rows in ((METRIC_COLUMNS, metric_rows), (request_columns, request_rows)):
+        if not rows:
+            continue
+        table, shared = fitted_table(console, columns, rows)
+        console.print()
+        for header, value in shared:
+            console.print(f"{header} (every row): {value}", markup=False)
+        console.print(table)
 
 
 def lm_eval_command(ctx: typer.Context) -> None:

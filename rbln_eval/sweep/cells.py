@@ -15,6 +15,7 @@ from rbln_eval.store import Bundle
 from rbln_eval.sweep.source import BundleSource
 from rbln_eval.util.atomic import write_atomic
 from rbln_eval.util.hashing import sha256_json
+from rbln_eval.util.logs import quiet_lm_eval
 
 #: What became of a cell: the words of the progress line, ``summary.json`` and the reports.
 PENDING, SCORED, REUSED, FAILED = "pending", "scored", "reused", "failed"
@@ -114,6 +115,7 @@ def evaluate_cell(
     from rbln_eval.execution.devices import visible_npus
     from rbln_eval.execution.pool import ray_node_id
 
+    quiet_lm_eval()  # a Ray task or worker process has not been through the CLI's set-up
     source = bundle if isinstance(bundle, BundleSource) else None
     loaded = source.fetch() if source is not None else bundle
     assert isinstance(loaded, Bundle)

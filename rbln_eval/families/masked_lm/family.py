@@ -93,4 +93,4 @@ class MaskedLMFamily(Family):
     def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
         from rbln_eval.families.masked_lm.reference import masked_reference_lm
 
-        return masked_reference_lm(pretrained, revision, device, max_length, batch_size)
+        return masked_reference_lm(self, pretrained, revision, device, max_length, batch_size)

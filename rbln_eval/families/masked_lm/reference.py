@@ -27,10 +27,8 @@ class HostExecutor:
     groups = None
     load_seconds = 0.0
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int, max_length: int) -> None:
-        from rbln_eval.families.registry import family_of
-
-        self.family = family_of("masked-lm")
+    def __init__(self, family: Any, model: Any, tokenizer: Any, batch_size: int, max_length: int) -> None:
+        self.family = family  # the masked-LM family, whose programs the bundle runs
         self.tokenizer = tokenizer
         self.backend = TorchMaskedBackend(model, batch_size, max_length)
         self.shape = self.backend.shape
@@ -70,7 +68,8 @@ class MaskedReferenceLM(MaskedLM):
 
 
 def masked_reference_lm(
-    pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, pll: str | None = None,
+    family: Any, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int,
+    pll: str | None = None,
 ) -> MaskedReferenceLM:
     """The float32 transformers model of ``pretrained``, scored like the bundle (at ``max_length`` if given)."""
     import torch
@@ -83,4 +82,4 @@ def masked_reference_lm(
     except OSError as exc:
         raise ConfigError(f"cannot load the reference model {pretrained}: {exc}") from None
     length = max_length or min(REFERENCE_LENGTH, int(getattr(model.config, "max_position_embeddings", REFERENCE_LENGTH)))
-    return MaskedReferenceLM(HostExecutor(model, tokenizer, batch_size, length), pretrained, pll)
+    return MaskedReferenceLM(HostExecutor(family, model, tokenizer, batch_size, length), pretrained, pll)
