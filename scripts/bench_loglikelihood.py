@@ -16,7 +16,9 @@ against warm (load + first score).
 contexts are 1,000-1,300 tokens): prefill calls and padded tokens per question on a full-logit bundle before
 (the whole context prefilled once per multi-token choice: ``share_context_chunks = False``) and after (the
 context's whole chunks once per question, each choice from the last chunk boundary), and the device calls of a
-last-logit bundle (context prefill + teacher-forced decode steps). ``--wall-time`` adds the whole-task wall
+last-logit bundle (context prefill + teacher-forced decode steps). The ``wino_local`` rows (``tests/data/wino``:
+lm_eval's Winogrande prompts, partial evaluation) at 0 and 5 shots: before, each of a question's two contexts
+prefilled whole; after, their common whole chunks once, each context's rest and the continuation from there. ``--wall-time`` adds the whole-task wall
 time of the 25-shot task with every device call taking at least 50 ms (``RBLN_EVAL_SIM_LATENCY_MS``), before
 and after.
 """
@@ -118,16 +120,19 @@ def sum_counters(counters: dict[str, dict[str, int]]) -> tuple[int, int]:
 
 FEWSHOT_TASK = "demo_mc"
 FEWSHOT_SHOTS = (0, 5, 25)
+WINO_TASK = "wino_local"  # lm_eval's Winogrande prompts (partial evaluation) over local rows
+WINO_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "wino"
+FEWSHOT_ROWS = tuple((FEWSHOT_TASK, shots) for shots in FEWSHOT_SHOTS) + ((WINO_TASK, 0), (WINO_TASK, 5))
 FEWSHOT_MAX_LENGTH = 1536
 LATENCY_MS = 50
 
 
-def fewshot_requests(shots: int, limit: int) -> list[Any]:
-    """The loglikelihood instances of ``demo_mc`` at ``shots`` shots, sampled as ``simple_evaluate`` samples them."""
+def fewshot_requests(shots: int, limit: int, name: str = FEWSHOT_TASK) -> list[Any]:
+    """The loglikelihood instances of task ``name`` at ``shots`` shots, sampled as ``simple_evaluate`` samples them."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    manager = TaskManager(include_path=str(demo.tasks_dir()), include_defaults=False)
-    task = get_task_dict([FEWSHOT_TASK], manager)[FEWSHOT_TASK]
+    manager = TaskManager(include_path=[str(demo.tasks_dir()), str(WINO_DIR)], include_defaults=False)
+    task = get_task_dict([name], manager)[name]
     task.set_config("num_fewshot", shots)
     task.set_fewshot_seed(seed=1234)
     task.build_all_requests(limit=limit, rank=0, world_size=1)
@@ -163,17 +168,17 @@ def fewshot_main(args: argparse.Namespace) -> None:
         }
         chunk = lms["all"].shape.prefill_chunk
         print(
-            f"{FEWSHOT_TASK}: device cost per question, demo llama at {FEWSHOT_MAX_LENGTH} tokens, batch size "
+            f"device cost per question, demo llama at {FEWSHOT_MAX_LENGTH} tokens, batch size "
             f"{args.batch_size}, {args.fewshot_limit} questions, prefill chunk {chunk}"
         )
         header = (
-            f"{'shots':>5} |{'context':>8} |{'full-logit before':>18} |{'tokens':>8} |{'after':>6} |{'tokens':>8} |"
+            f"{'task':>10} |{'shots':>5} |{'context':>8} |{'full-logit before':>18} |{'tokens':>8} |{'after':>6} |{'tokens':>8} |"
             f"{'tokens ×':>9} |{'last-logit calls':>17} |{'tokens':>8} | max |Δlogp| before, last"
         )
         print(header)
         print("-" * len(header))
-        for shots in FEWSHOT_SHOTS:
-            instances = fewshot_requests(shots, args.fewshot_limit)
+        for name, shots in FEWSHOT_ROWS:
+            instances = fewshot_requests(shots, args.fewshot_limit, name)
             questions = len({inst.doc_id for inst in instances})
             contexts = {inst.doc_id: len(lms["all"]._encode_pair(*inst.args)[0]) for inst in instances}
             before_scores, before, _ = score_fewshot(lms["all"], instances, shared=False)
@@ -186,10 +191,11 @@ def fewshot_main(args: argparse.Namespace) -> None:
             lc, lt = sum_counters(last)
             q = questions
             print(
-                f"{shots:>5} |{sum(contexts.values()) / q:>8.0f} |{bc / q:>18.2f} |{bt / q:>8.0f} |{ac / q:>6.2f} |"
+                f"{name:>10} |{shots:>5} |{sum(contexts.values()) / q:>8.0f} |{bc / q:>18.2f} |{bt / q:>8.0f} |{ac / q:>6.2f} |"
                 f"{at / q:>8.0f} |{bt / at:>9.2f} |{lc / q:>17.2f} |{lt / q:>8.0f} | {same:.1e}, {delta:.1e}"
             )
-        print(f"(prefill calls of the 25-shot rows are bounded by ceil(context / {chunk}) + choices per question)")
+        print(f"(prefill calls of the 25-shot rows are bounded by ceil(context / {chunk}) + choices per question;")
+        print(f" {WINO_TASK}: a question's two contexts share their whole chunks up to the blank, prefilled once)")
         if args.wall_time:
             os.environ["RBLN_EVAL_SIM_LATENCY_MS"] = str(LATENCY_MS)
             instances = fewshot_requests(25, args.fewshot_limit)

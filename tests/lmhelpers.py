@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from typing import Any
 
 from rbln_eval import demo
@@ -32,3 +34,18 @@ def sample_values(results: dict[str, Any]) -> dict[str, list[Any]]:
         ordered = sorted(samples, key=lambda s: s["doc_id"])
         values[task] = [[r[0] for r in s["resps"]] for s in ordered]
     return values
+
+
+def cli_in_process(*args: str) -> tuple[int, str, str]:
+    """``rbln-eval ARGS`` in this process, outside any capture: exit status, stdout, stderr."""
+    from rbln_eval.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+

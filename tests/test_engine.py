@@ -1,5 +1,6 @@
 """The row scheduler: programs are pulled one at a time as rows fall free, results come back in order; a program
-may prefill its row again on top of the row's cached prefix; loglikelihood planning shares a context per row."""
+may prefill its row again on top of the row's cached prefix; loglikelihood planning shares a context per row, or
+the common whole chunks of contexts that differ only after them."""
 
 from __future__ import annotations
 
@@ -174,3 +175,62 @@ def test_plan_shares_a_context_of_whole_chunks_among_all_its_requests() -> None:
     many = [(long, [1] * 6)] * (PREFILL_BUDGET + 1)  # each: tail 2 + 5 tokens = 2 chunks
     sizes = [len(job.members) for job in plan_loglikelihood(many, full_logits=True, prefill_chunk=4)]
     assert sizes == [PREFILL_BUDGET // 2, PREFILL_BUDGET // 2, 1]
+
+
+def test_contexts_sharing_whole_chunks_prefill_them_once_then_each_request_from_their_end() -> None:
+    from rbln_eval.core.programs import job_work, plan_loglikelihood
+    from rbln_eval.families.causal.programs import causal_loglikelihood_program
+
+    common = [(3 * i + 1) % VOCAB for i in range(9)]  # two whole chunks of 4, then a token of the sentence
+    requests = [
+        (common + [2, 5], [6, 7, 1]),  # option A, the continuation
+        (common + [3], [6, 7, 1]),  # option B
+        (common + [3], [4]),  # one token after option B
+        (common[:8], [5]),  # a context of exactly the common chunks, one token
+    ]
+    (job,) = plan_loglikelihood(requests, full_logits=True, prefill_chunk=4)
+    assert job.prefix == 8 and job.context == tuple(common[:8]) and sorted(job.members) == [0, 1, 2, 3]
+    work = job_work(job, requests)
+    backend = PrefixBackend()
+    (scores,) = run_programs(backend, [causal_loglikelihood_program(backend, work.context, work.continuations)])
+    for index, score in zip(job.members, scores):
+        expected = reference_score(*requests[index])
+        assert score[1] == expected[1] and score[0] == pytest.approx(expected[0], abs=1e-6)
+    # the common chunks once; from position 8 option A (3 + 3 tokens, the last not fed) and option B (2 + 3);
+    # the one-token requests are read off option B's prefill and the common chunks' own logits
+    assert sorted(backend.calls) == [(0, 0, 8), (0, 8, 4), (0, 8, 5)]
+
+
+def test_a_shared_prefix_job_on_a_backend_without_prefix_reuse_prefills_each_request_whole() -> None:
+    from rbln_eval.core.programs import job_work, plan_loglikelihood
+    from rbln_eval.families.causal.programs import causal_loglikelihood_program
+
+    common = list(range(1, 8)) * 2
+    requests = [(common + [1], [2, 3]), (common + [4, 5], [2, 3])]
+    (job,) = plan_loglikelihood(requests, full_logits=True, prefill_chunk=4)
+    work = job_work(job, requests)
+    backend = PrefixBackend()
+    backend.reuses_prefix = False
+    (scores,) = run_programs(backend, [causal_loglikelihood_program(backend, work.context, work.continuations)])
+    assert [s[0] for s in scores] == pytest.approx([reference_score(*requests[i])[0] for i in job.members], abs=1e-6)
+    assert sorted(backend.calls) == [(0, 0, 16), (0, 0, 17)]
+
+
+def test_plan_groups_contexts_by_common_whole_chunks_only_when_that_saves_prefill() -> None:
+    from rbln_eval.core.programs import plan_loglikelihood
+
+    question = [1, 2, 3, 4, 5, 6, 7, 0, 1]  # 2 common chunks of 4
+    other = [1, 2, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6]  # its first chunk only in common with the question
+    requests = [
+        (question + [2], [5, 6]), (question + [3], [5, 6]),  # a partial-evaluation pair: one job from position 8
+        (other, [1, 2]), (other, [3, 4]), (other, [5, 6]),  # 3 choices of its own 3 chunks: not worth 1 chunk
+        ([1, 2], [3, 4]), ([1, 3], [3, 4]),  # shorter than a chunk: as before, one job per context
+    ]
+    jobs = plan_loglikelihood(requests, full_logits=True, prefill_chunk=4)
+    assert [(job.prefix, len(job.context), job.members) for job in jobs] == [
+        (None, 12, (2, 3, 4)), (8, 8, (0, 1)), (None, 2, (5,)), (None, 2, (6,)),
+    ]
+    # without a prefill chunk (share_context_chunks off) or on a last-logit bundle: one job per context
+    for plan in (plan_loglikelihood(requests, full_logits=True), plan_loglikelihood(requests, full_logits=False, prefill_chunk=4)):
+        assert all(job.prefix is None for job in plan)
+        assert sorted(len({tuple(requests[i][0]) for i in job.members}) for job in plan) == [1] * len(plan)

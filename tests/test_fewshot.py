@@ -1,10 +1,14 @@
 """Few-shot multiple choice on a full-logit bundle: a question's shared context is prefilled once, each choice
-from the context's last chunk boundary on top of the row's cached prefix.
+from the context's last chunk boundary on top of the row's cached prefix; with partial evaluation (Winogrande:
+the contexts differ from the blank on) the contexts' common whole chunks are prefilled once, each request from
+their end.
 
 On the demo model with a 1,536-token compiled length (the 25-shot ``demo_mc`` contexts are 1,000-1,250 tokens,
 9-10 chunks of 128): scores within 1e-4 of lm_eval's ``hf`` model (accuracy identical) at 0, 5 and 25 shots,
 batch 1 and 4 and two data-parallel replicas; identical to the previous schedule (the whole context once per
-choice); at most ceil(context / chunk) + choices prefill calls per question.
+choice); at most ceil(context / chunk) + choices prefill calls per question. The local Winogrande-style task
+(``tests/data/wino``, lm_eval's own Winogrande prompt functions) at 0 and 5 shots: the same, and one prefill
+call fewer per question at 5 shots.
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ from rbln_eval.build.workflow import compile_bundle, plan_compile
 from rbln_eval.store import Bundle, Store
 
 TASK = "demo_mc"
+WINO = "wino_local"  # lm_eval's Winogrande prompts (partial evaluation) over tests/data/wino
+WINO_DIR = str(Path(__file__).resolve().parent / "data" / "wino")
 MAX_LENGTH = 1536
 LIMITS = {0: 4, 5: 3, 25: 2}  # documents per few-shot setting: the 25-shot ones are long
 
 
-def evaluate(model: Any, shots: int) -> dict[str, Any]:
+def evaluate(model: Any, shots: int, task: str = TASK) -> dict[str, Any]:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     return simple_evaluate(
-        model=model, tasks=[TASK], limit=LIMITS[shots], num_fewshot=shots, log_samples=True,
-        task_manager=TaskManager(include_path=TASKS_DIR, include_defaults=False),
+        model=model, tasks=[task], limit=LIMITS[shots] if task == TASK else None, num_fewshot=shots,
+        log_samples=True, task_manager=TaskManager(include_path=[TASKS_DIR, WINO_DIR], include_defaults=False),
     )
 
 
@@ -65,17 +71,17 @@ def bundles(scratch: Path, long_model: Path) -> dict[int, Bundle]:
 
 @pytest.fixture(scope="module")
 def runs(bundles: dict[int, Bundle]) -> Any:
-    """``run(batch, shots, data_parallel=1, shared=True)``: results, device counters and the context lengths
-    of the questions (in tokens), each computed once per module."""
-    cache: dict[tuple[int, int, int, bool], dict[str, Any]] = {}
+    """``run(batch, shots, data_parallel=1, shared=True, task=TASK)``: results, device counters and the context
+    lengths of the questions (in tokens, their first choice's), each computed once per module."""
+    cache: dict[tuple[int, int, int, bool, str], dict[str, Any]] = {}
 
-    def run(batch: int, shots: int, data_parallel: int = 1, shared: bool = True) -> dict[str, Any]:
-        key = (batch, shots, data_parallel, shared)
+    def run(batch: int, shots: int, data_parallel: int = 1, shared: bool = True, task: str = TASK) -> dict[str, Any]:
+        key = (batch, shots, data_parallel, shared, task)
         if key not in cache:
             with open_lm(bundles[batch], data_parallel=data_parallel) as lm:
                 lm.share_context_chunks = shared
-                results = evaluate(lm, shots)
-                samples = sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
+                results = evaluate(lm, shots, task)
+                samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
                 contexts = [len(lm._encode_pair(s["arguments"][0][0], s["arguments"][0][1])[0]) for s in samples]
             cache[key] = {
                 "results": results,
@@ -93,20 +99,20 @@ def reference(long_model: Path) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     hf = HFLM(pretrained=str(long_model), backend="causal", dtype="float32", device="cpu", batch_size=4)
-    cache: dict[int, dict[str, Any]] = {}
+    cache: dict[tuple[int, str], dict[str, Any]] = {}
 
-    def get(shots: int) -> dict[str, Any]:
-        if shots not in cache:
-            cache[shots] = evaluate(hf, shots)
-        return cache[shots]
+    def get(shots: int, task: str = TASK) -> dict[str, Any]:
+        if (shots, task) not in cache:
+            cache[shots, task] = evaluate(hf, shots, task)
+        return cache[shots, task]
 
     return get
 
 
-def assert_same_scores(ours: dict[str, Any], ref: dict[str, Any]) -> None:
+def assert_same_scores(ours: dict[str, Any], ref: dict[str, Any], task: str = TASK) -> None:
     for metric in ("acc,none", "acc_norm,none"):
-        assert ours["results"][TASK][metric] == ref["results"][TASK][metric], metric
-    mine, theirs = sample_values(ours)[TASK], sample_values(ref)[TASK]
+        assert ours["results"][task].get(metric) == ref["results"][task].get(metric), metric
+    mine, theirs = sample_values(ours)[task], sample_values(ref)[task]
     assert len(mine) == len(theirs) > 0
     for a, b in zip(mine, theirs):
         assert len(a) == len(b)
@@ -145,3 +151,39 @@ def test_two_replicas_score_and_count_the_same(runs: Any) -> None:
     assert two["results"]["config"]["rbln"]["data_parallel"] == 2
     assert sample_values(two["results"]) == sample_values(one["results"])
     assert two["prefill"] == one["prefill"]  # a question's choices stay on one replica
+
+
+# --------------------------------------------------------------------------------------------------
+# Partial evaluation (Winogrande): the two contexts of a question share the few-shot examples and the
+# sentence up to the blank; the continuation (the rest of the sentence) is the same.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_partial_evaluation_scores_match_hf(runs: Any, reference: Any, batch: int, shots: int) -> None:
+    run = runs(batch, shots, task=WINO)
+    assert_same_scores(run["results"], reference(shots, WINO), WINO)
+    assert run["choices"] == [2] * 12
+    if shots == 5:  # the common prefix holds whole chunks
+        assert min(run["contexts"]) > 128
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_partial_evaluation_identical_to_the_whole_context_per_choice_schedule(runs: Any, shots: int) -> None:
+    shared, before = runs(4, shots, task=WINO), runs(4, shots, shared=False, task=WINO)
+    assert sample_values(shared["results"]) == sample_values(before["results"])
+    if shots == 0:  # contexts shorter than a chunk: nothing to share, nothing more done
+        assert shared["prefill"] == before["prefill"]
+    else:  # a question's common whole chunks (its contexts are 1-2 chunks long) once instead of once per choice
+        saved = sum(n // 128 for n in shared["contexts"])
+        assert saved == 12
+        assert shared["prefill"]["calls"] == before["prefill"]["calls"] - saved
+        assert shared["prefill"]["tokens"] == before["prefill"]["tokens"] - saved * 128
+
+
+def test_partial_evaluation_on_two_replicas_scores_and_counts_the_same(runs: Any) -> None:
+    one, two = runs(4, 5, task=WINO), runs(4, 5, data_parallel=2, task=WINO)
+    assert two["results"]["config"]["rbln"]["data_parallel"] == 2
+    assert sample_values(two["results"]) == sample_values(one["results"])
+    assert two["prefill"] == one["prefill"]  # a question's requests stay on one replica

@@ -4,8 +4,6 @@ options are refused in one line (exit 2) before anything is loaded."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from lmhelpers import MODEL_DIRS, TASKS_DIR, shared_bundle
+from lmhelpers import MODEL_DIRS, TASKS_DIR, cli_in_process, shared_bundle
 from rbln_eval.api import CompileOptions
 from rbln_eval.build.workflow import compile_bundle, plan_compile
-from rbln_eval.cli import main
 from rbln_eval.store import Store
 
 SYSTEM = "Answer briefly."
@@ -33,16 +30,7 @@ TEMPLATES = {
 SCORES = ("acc", "acc_norm", "exact_match")
 
 
-def rbln_eval(*args: str) -> tuple[int, str, str]:
-    """``rbln-eval ARGS`` in this process: exit status, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
+rbln_eval = cli_in_process  # ``rbln-eval ARGS`` in this process
 
 
 def rbln_eval_process(*args: str) -> subprocess.CompletedProcess:

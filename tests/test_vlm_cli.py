@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hubserver import HubServer
+from lmhelpers import cli_in_process
 from rbln_eval.cli import main
 from rbln_eval.store import Store
 from remotehelpers import TOKEN, cli, ok
@@ -43,25 +44,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def digest(env: dict[str, Any]) -> str:
-    code, out, err = _main("compile", str(env["model_dir"]), "--npu", "RBLN-CA25", "--batch-size", "2", "--store", str(env["store"]))
+    code, out, err = cli_in_process("compile", str(env["model_dir"]), "--npu", "RBLN-CA25", "--batch-size", "2", "--store", str(env["store"]))
     assert code == 0, err[-2000:]
     assert "(image-text-to-text," in err
     return out.split()[0]
-
-
-def _main(*args: str) -> tuple[int, str, str]:
-    """``rbln-eval ARGS`` in this process, outside a test's capture (module fixtures)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_run_uses_the_multimodal_model(env: dict[str, Any], digest: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

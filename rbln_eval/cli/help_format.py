@@ -36,6 +36,10 @@ class NamedArgument(TyperArgument):
     def display_type_rich(self, ctx: Any) -> str | None:
         return None
 
+    def _usage_display_name(self) -> str:  # typer's hook for the usage line: ``REF``, not ``{REF}``
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
 
 def label_parameters(command: Any) -> None:
     """Give ``command``'s options and arguments (and its subcommands', if a group) their help names."""

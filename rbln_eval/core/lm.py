@@ -27,10 +27,10 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from rbln_eval.core.programs import plan_loglikelihood
+from rbln_eval.core.programs import job_work, plan_loglikelihood
 from rbln_eval.errors import ConfigError
 from rbln_eval.util.values import as_bool, as_int
-from rbln_eval.core.work import Executor, GenerateWork, ScoreWork
+from rbln_eval.core.work import Executor, GenerateWork
 from rbln_eval.identity import toolchain_versions
 
 logger = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ class BundleLM(TemplateLM):
         fitted = self._fit_all(requests)
         chunk = self.shape.prefill_chunk if self.share_context_chunks else None
         jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits, prefill_chunk=chunk)
-        items = [ScoreWork(tuple(job.context), tuple(tuple(fitted[i][1]) for i in job.members)) for job in jobs]
-        costs = [self.family.job_cost(self.shape, len(job.context), [len(fitted[i][1]) for i in job.members]) for job in jobs]
+        items = [job_work(job, fitted) for job in jobs]
+        costs = [self.family.job_cost(self.shape, len(item.context), [len(c) for c in item.continuations]) for item in items]
         scored = self._run("loglikelihood", items, costs, [len(job.members) for job in jobs], disable_tqdm)
         results: list[Any] = [None] * len(requests)
         for job, scores in zip(jobs, scored):
@@ -253,7 +253,10 @@ class BundleLM(TemplateLM):
             ]
             windows.extend((None, ctx, cont) for ctx, cont in request_windows)
             counts.append(len(request_windows))
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        return self._document_totals(requests, counts, self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm))
+
+    def _document_totals(self, requests: list, counts: list[int], scores: list[tuple[float, bool]]) -> list[float]:
+        """Each rolling request's log-likelihood: the sum of its ``count`` windows' scores, in order."""
         totals: list[float] = []
         start = 0
         for request, count in zip(requests, counts):

@@ -13,16 +13,22 @@ prefilled from the context's last chunk boundary (context tail + continuation, o
 prefix: ``Open(tokens, start)``) and read off that prefill; a one-token continuation is read off the context's
 own logits. With a last-logit bundle the rest of each continuation is teacher-forced decode steps, a row's
 positions after the context simply overwritten by the next choice. Prefill is never re-run per continuation
-token. :func:`plan_loglikelihood` decides which requests share a row so that no row is left with far more
-work than the others.
+token. Requests whose contexts differ but share whole chunks of prefix (partial evaluation: Winogrande's two
+contexts of a question) are one job the same way: the common chunks once, each request's rest of context and
+continuation from their end, only the continuation scored (:class:`~rbln_eval.core.work.Continuation`).
+:func:`plan_loglikelihood` decides which requests share a row so that no row is left with far more work than
+the others.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Protocol, Sequence
 
 import torch
+
+from rbln_eval.core.work import Continuation, ScoreWork
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,15 @@ PREFILL_BUDGET = 32
 
 @dataclass(frozen=True)
 class LoglikelihoodJob:
-    """Requests scored on one batch row after one prefill of ``context``: indices into the request list."""
+    """Requests scored on one batch row after one prefill of ``context``: indices into the request list.
+
+    ``prefix`` set: the members' contexts differ and ``context`` is their common prefix of ``prefix`` whole
+    prefill chunks (tokens); each member's own context continues after it.
+    """
 
     context: tuple[int, ...]
     members: tuple[int, ...]
+    prefix: int | None = None
 
 
 def plan_loglikelihood(
@@ -164,46 +175,114 @@ def plan_loglikelihood(
     Requests with the same context share a job. With full logits and a backend that keeps a row's cached
     prefix (``prefill_chunk`` given), a context of at least one whole chunk is shared by all its requests: its
     chunks are prefilled once, every continuation from the context's last chunk boundary on (up to
-    :data:`PREFILL_BUDGET` chunks per job). Otherwise, with full logits, a job holds one multi-token
-    continuation (read off its prefill) and any number of single-token ones, and every other multi-token
-    continuation gets a prefill of its own. With last-logit bundles a job takes requests until their decode
-    steps exceed :data:`DECODE_BUDGET`, so that a context shared by many long continuations (the first window
-    of every rolling document) is spread over all rows instead of serialized on one.
+    :data:`PREFILL_BUDGET` chunks per job). Contexts that differ but share whole chunks of prefix (partial
+    evaluation: the same few-shot examples and sentence, a different ending) are one job when that saves
+    prefill (:func:`shared_prefix_runs`): the common chunks once, each request from their end on. Otherwise,
+    with full logits, a job holds one multi-token continuation (read off its prefill) and any number of
+    single-token ones, and every other multi-token continuation gets a prefill of its own. With last-logit
+    bundles a job takes requests until their decode steps exceed :data:`DECODE_BUDGET`, so that a context
+    shared by many long continuations (the first window of every rolling document) is spread over all rows
+    instead of serialized on one.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(requests):
         groups.setdefault(tuple(context), []).append(index)
-    jobs: list[LoglikelihoodJob] = []
-    for context, members in groups.items():
-        if full_logits and prefill_chunk and len(context) >= prefill_chunk:
-            tail = len(context) % prefill_chunk
-            costs = [-(-(tail + len(requests[i][1]) - 1) // prefill_chunk) for i in members]
-            jobs.extend(_budgeted(context, members, costs, PREFILL_BUDGET))
+    chunk = prefill_chunk if full_logits and prefill_chunk else 0
+    if chunk:
+        runs = shared_prefix_runs({context: len(members) for context, members in groups.items()}, chunk)
+    else:
+        runs = [(0, [context]) for context in groups]
+    planned: list[tuple[int, LoglikelihoodJob]] = []  # (longest context, job)
+    for prefix, contexts in runs:
+        if len(contexts) > 1:
+            members = [i for context in contexts for i in groups[context]]
+            costs = [-(-(len(requests[i][0]) - prefix + len(requests[i][1]) - 1) // chunk) for i in members]
+            longest = max(len(context) for context in contexts)
+            planned.extend((longest, job) for job in _budgeted(contexts[0][:prefix], members, costs, PREFILL_BUDGET, prefix))
+            continue
+        context = contexts[0]
+        members = groups[context]
+        if chunk and len(context) >= chunk:
+            tail = len(context) % chunk
+            costs = [-(-(tail + len(requests[i][1]) - 1) // chunk) for i in members]
+            planned.extend((len(context), job) for job in _budgeted(context, members, costs, PREFILL_BUDGET))
         elif full_logits:
             multi = [i for i in members if len(requests[i][1]) > 1]
             single = [i for i in members if len(requests[i][1]) <= 1]
             anchor = multi[:1]
-            jobs.append(LoglikelihoodJob(context, tuple(sorted(anchor + single))))
-            jobs.extend(LoglikelihoodJob(context, (i,)) for i in multi[1:])
+            planned.append((len(context), LoglikelihoodJob(context, tuple(sorted(anchor + single)))))
+            planned.extend((len(context), LoglikelihoodJob(context, (i,))) for i in multi[1:])
         else:
             costs = [len(requests[i][1]) - 1 for i in members]
-            jobs.extend(_budgeted(context, members, costs, DECODE_BUDGET))
-    jobs.sort(key=lambda job: -len(job.context))
-    return jobs
+            planned.extend((len(context), job) for job in _budgeted(context, members, costs, DECODE_BUDGET))
+    planned.sort(key=lambda entry: -entry[0])
+    return [job for _, job in planned]
 
 
-def _budgeted(context: tuple[int, ...], members: list[int], costs: list[int], budget: int) -> list[LoglikelihoodJob]:
+def job_work(job: LoglikelihoodJob, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> ScoreWork:
+    """The work item of ``job``: a shared-prefix job's continuations carry the rest of their own context."""
+    if job.prefix is None:
+        return ScoreWork(tuple(job.context), tuple(tuple(requests[i][1]) for i in job.members))
+    continuations = tuple(
+        Continuation(tuple(requests[i][0][job.prefix :]) + tuple(requests[i][1]), len(requests[i][1])) for i in job.members
+    )
+    return ScoreWork(tuple(job.context), continuations)
+
+
+def shared_prefix_runs(counts: dict[tuple[int, ...], int], chunk: int) -> list[tuple[int, list[tuple[int, ...]]]]:
+    """Distinct contexts (with their request counts) grouped by a common prefix of whole chunks: ``(prefix
+    tokens, contexts)`` per group; a context alone is a group of one (prefix 0).
+
+    Contexts are bucketed by their first chunk, sorted within a bucket, and consecutive ones joined while the
+    prefill saved grows: a group of n requests at a common prefix of d chunks saves (n - 1) * d chunks, so a
+    context joins when the joint saving beats the two apart. Linear in the contexts after the sort.
+    """
+    runs: list[tuple[int, list[tuple[int, ...]]]] = []
+    buckets: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for context in counts:
+        if len(context) < chunk:
+            runs.append((0, [context]))
+        else:
+            buckets.setdefault(context[:chunk], []).append(context)
+    for bucket in buckets.values():
+        ordered = sorted(bucket)
+        run, depth, requests = [ordered[0]], len(ordered[0]) // chunk, counts[ordered[0]]
+        for previous, context in itertools.pairwise(ordered):
+            own = len(context) // chunk
+            common = min(depth, _common_chunks(previous, context, chunk, own))
+            apart = (requests - 1) * depth + (counts[context] - 1) * own
+            if common and (requests + counts[context] - 1) * common > apart:
+                run.append(context)
+                depth, requests = common, requests + counts[context]
+                continue
+            runs.append((depth * chunk if len(run) > 1 else 0, run))
+            run, depth, requests = [context], own, counts[context]
+        runs.append((depth * chunk if len(run) > 1 else 0, run))
+    return runs
+
+
+def _common_chunks(first: Sequence[int], second: Sequence[int], chunk: int, limit: int) -> int:
+    """How many whole chunks ``first`` and ``second`` share from the start, at most ``limit``."""
+    shared = 0
+    while shared < limit and first[shared * chunk : (shared + 1) * chunk] == second[shared * chunk : (shared + 1) * chunk]:
+        shared += 1
+    return shared
+
+
+def _budgeted(
+    context: tuple[int, ...], members: list[int], costs: list[int], budget: int, prefix: int | None = None,
+) -> list[LoglikelihoodJob]:
     """``members`` in order, a new job whenever the next one's cost would take a job's total over ``budget``."""
     jobs: list[LoglikelihoodJob] = []
     current: list[int] = []
     total = 0
     for index, cost in zip(members, costs):
         if current and total + cost > budget:
-            jobs.append(LoglikelihoodJob(context, tuple(current)))
+            jobs.append(LoglikelihoodJob(context, tuple(current), prefix))
             current, total = [], 0
         current.append(index)
         total += cost
-    jobs.append(LoglikelihoodJob(context, tuple(current)))
+    jobs.append(LoglikelihoodJob(context, tuple(current), prefix))
     return jobs
 
 

@@ -24,9 +24,35 @@ class Images:
     key: str
 
 
+class Continuation(tuple):
+    """Tokens after a job's shared ``context`` of which only the last ``scored`` are scored.
+
+    Requests whose contexts differ but share a prefix are one job: its ``context`` is the common prefix and
+    each request's continuation is the rest of its own context followed by the tokens scored.
+    """
+
+    scored: int
+
+    def __new__(cls, tokens: Sequence[int], scored: int) -> "Continuation":
+        made = super().__new__(cls, tokens)
+        made.scored = scored
+        return made
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Continuation, (tuple(self), self.scored))
+
+
+def scored_length(continuation: Sequence[int]) -> int:
+    """How many trailing tokens of ``continuation`` are scored (all, unless it is a :class:`Continuation`)."""
+    return getattr(continuation, "scored", len(continuation))
+
+
 @dataclass(frozen=True)
 class ScoreWork:
-    """Score ``continuations`` after one shared ``context``: ``[(logprob, is_greedy), ...]``."""
+    """Score ``continuations`` after one shared ``context``: ``[(logprob, is_greedy), ...]``.
+
+    A continuation may be a :class:`Continuation`: then only its last ``scored`` tokens are scored.
+    """
 
     context: tuple[int, ...]
     continuations: tuple[tuple[int, ...], ...]

@@ -71,7 +71,8 @@ class CausalFamily(Family):
         multi = [length for length in continuations if length > 1]
         if len(multi) <= 1:  # everything is read off one prefill
             return shape.prefill_cost(context + max(continuations) - 1)
-        # the context's whole chunks once, then each multi-token continuation after the context's tail
+        # the context's whole chunks once, then each multi-token continuation after the context's tail; a job of
+        # contexts sharing a prefix comes as that prefix (whole chunks) and each context's rest + continuation
         start = context // shape.prefill_chunk * shape.prefill_chunk if shape.prefill_chunk else 0
         shared = shape.prefill_cost(start) if start else 0
         return shared + sum(shape.prefill_cost(context - start + length - 1) for length in multi)

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import torch
 
 from rbln_eval.core.programs import Backend, Open, Program, Score, greedy, teacher_forced
+from rbln_eval.core.work import scored_length
 
 
 def causal_loglikelihood_program(backend: Backend, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> Program:
@@ -32,7 +33,14 @@ def shared_context_scores(backend: Backend, context: Sequence[int], continuation
     boundary (context tail + continuation) on top of the row's cached prefix, and read off that prefill. A
     one-token continuation is read off the logits of the context's last position. A backend that does not keep
     a row's prefix (``reuses_prefix``) prefills every multi-token continuation with the whole context.
+    Continuations that score only their last tokens (a shared-prefix job) go to :func:`shared_prefix_scores`.
     """
+    chunk = getattr(backend, "prefill_chunk", None) if getattr(backend, "reuses_prefix", False) else None
+    scored = [scored_length(continuation) for continuation in continuations]
+    if any(n < len(continuation) for n, continuation in zip(scored, continuations)):
+        if chunk:
+            return (yield from shared_prefix_scores(context, continuations, scored))
+        return (yield from shared_prefix_scores((), [list(context) + list(c) for c in continuations], scored))
     length = len(context)
     multi = [i for i, continuation in enumerate(continuations) if len(continuation) > 1]
     if len(multi) <= 1:
@@ -40,28 +48,45 @@ def shared_context_scores(backend: Backend, context: Sequence[int], continuation
         logits = yield Open(list(context) + list(longest[:-1]))
         assert logits is not None
         return [_score(logits[length - 1 :], continuation) for continuation in continuations]
-    chunk = getattr(backend, "prefill_chunk", None) if getattr(backend, "reuses_prefix", False) else None
     start = length // chunk * chunk if chunk else 0
-    last: torch.Tensor | None = None  # logits of position length - 1
+    rests = [list(context[start:]) + list(continuation) for continuation in continuations]
+    return (yield from shared_prefix_scores(context[:start], rests, scored))
+
+
+def shared_prefix_scores(prefix: Sequence[int], continuations: Sequence[Sequence[int]], scored: Sequence[int]) -> Program:
+    """Score the last ``scored[i]`` tokens of each continuation after ``prefix`` (whole prefill chunks, or empty).
+
+    The prefix is prefilled once; the continuations that share their unscored head (the rest of one context)
+    form a group: each one scoring several tokens is prefilled from the prefix's end (head + its tokens) on top
+    of the row's cached prefix and read off that prefill; one scoring a single token is read off the logits of
+    the head's last position (a prefill of the head alone if no other continuation of the group gives them).
+    """
+    start = len(prefix)
+    shared: torch.Tensor | None = None  # logits of the prefix's last position
     if start:
-        shared = yield Open(list(context[:start]))
-        assert shared is not None
-        if start == length:
-            last = shared[-1:]
-    results: dict[int, tuple[float, bool]] = {}
-    for i in multi:
-        logits = yield Open(list(context[start:]) + list(continuations[i][:-1]), start=start)
+        logits = yield Open(list(prefix))
         assert logits is not None
-        if start < length:
-            last = logits[length - 1 - start : length - start]
-            results[i] = _score(logits[length - 1 - start :], continuations[i])
-        else:
-            assert last is not None
-            results[i] = _score(torch.cat([last, logits]), continuations[i])
-    assert last is not None
-    for i, continuation in enumerate(continuations):
-        if i not in results:
-            results[i] = _score(last, continuation)
+        shared = logits[-1:]
+    heads: dict[tuple[int, ...], list[int]] = {}
+    for i, (continuation, n) in enumerate(zip(continuations, scored)):
+        heads.setdefault(tuple(continuation[: len(continuation) - n]), []).append(i)
+    results: dict[int, tuple[float, bool]] = {}
+    for head, members in heads.items():
+        last = shared if not head else None  # logits of the head's last position
+        for i in members:
+            if scored[i] > 1:
+                logits = yield Open(list(continuations[i][:-1]), start=start)
+                assert logits is not None
+                rows = torch.cat([shared, logits])[len(head) :] if shared is not None else logits[len(head) - 1 :]
+                results[i] = _score(rows, continuations[i][len(head) :])
+                last = rows[:1]
+        if last is None:
+            logits = yield Open(list(head), start=start)
+            assert logits is not None
+            last = logits[-1:]
+        for i in members:
+            if i not in results:
+                results[i] = _score(last, continuations[i][len(head) :])
     return [results[i] for i in range(len(continuations))]
 
 

@@ -125,15 +125,7 @@ class MaskedLM(BundleLM):
             document = windows(tokens, self.word_ids(string, tokens), self.max_length - 2)
             sequences.extend(document)
             counts.append(len(document))
-        scores = self._pseudo_loglikelihoods(sequences, "loglikelihood_rolling", disable_tqdm)
-        totals: list[float] = []
-        start = 0
-        for request, count in zip(requests, counts):
-            total = sum(score for score, _ in scores[start : start + count])
-            start += count
-            totals.append(total)
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
-        return totals
+        return self._document_totals(requests, counts, self._pseudo_loglikelihoods(sequences, "loglikelihood_rolling", disable_tqdm))
 
     # ---- generation ---------------------------------------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
