@@ -148,7 +148,7 @@ def test_help_at_80_columns_names_options_whole_with_click_types(monkeypatch: py
     for pattern in (r"--artifact TEXT\b", r"--tp INTEGER\b", r"--max-seq-len INTEGER\b", r"--store PATH\b"):
         assert re.search(pattern, help_of("run")), pattern
     assert "--include_path, --include-path TEXT" in help_of("prefetch")
-    assert re.search(r"^  REF  ", help_of("show"), re.MULTILINE) and "Usage: rbln-eval show [OPTIONS] {REF}" in help_of("show")
+    assert re.search(r"^  REF  ", help_of("show"), re.MULTILINE) and "Usage: rbln-eval show [OPTIONS] REF\n" in help_of("show")
 
 
 def test_explain_at_80_columns_shows_settings_only_one_key_has(tmp_path: Path) -> None:
@@ -364,7 +364,7 @@ def test_a_command_line_click_cannot_parse_is_one_error_line_naming_working_help
         assert match, line
     help_command = f"{match.group(1)} compare --help"  # as printed: it runs from here
     shown = subprocess.run(help_command, shell=True, capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0 and shown.stdout.startswith("Usage: rbln-eval compare [OPTIONS] {REF}"), shown
+    assert shown.returncode == 0 and shown.stdout.startswith("Usage: rbln-eval compare [OPTIONS] REF"), shown
 
     for args in (["--help"], ["show", "--help"], ["--version"]):
         result = cli(*args)

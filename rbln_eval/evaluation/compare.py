@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rbln_eval.errors import RblnEvalError
-from rbln_eval.evaluation.evaluate import EvalOptions, evaluate, sample_selection, task_manager_for
+from rbln_eval.evaluation.evaluate import EvalOptions, evaluate, sample_selection
+from rbln_eval.evaluation.tasks import task_manager_for
 from rbln_eval.families.registry import family_of
 from rbln_eval.store import Bundle
 from rbln_eval.errors import ReferenceModelError

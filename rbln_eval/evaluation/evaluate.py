@@ -13,10 +13,11 @@ import inspect
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rbln_eval.errors import ConfigError
+from rbln_eval.evaluation.preflight import check_request_types
+from rbln_eval.evaluation.tasks import task_manager_for
 
 if TYPE_CHECKING:
     from rbln_eval.core.lm import BundleLM
@@ -188,34 +189,6 @@ def options_from_lm_eval_args(args: Sequence[str], trust_remote_code: bool = Fal
 
 
 # ---- tasks ---------------------------------------------------------------------------------------------
-def task_manager_for(tasks: list[str], include_path: str | None, metadata: dict[str, Any] | None = None):
-    """A TaskManager that knows ``tasks``; lm_eval's built-in index is only built when needed."""
-    from lm_eval.tasks import TaskManager
-
-    if not tasks:
-        raise ConfigError("no tasks given", "pass {tasks} NAME[,NAME…]")
-    if include_path is not None and not Path(include_path).exists():
-        raise ConfigError(f"{include_path} does not exist", option="include_path")
-    if include_path:
-        local = TaskManager(include_path=include_path, include_defaults=False, metadata=metadata or {})
-        if _missing_tasks(local, tasks) == []:
-            return local
-    manager = TaskManager(include_path=include_path, metadata=metadata or {})
-    missing = _missing_tasks(manager, tasks)
-    if missing:
-        raise ConfigError(
-            f"unknown task(s): {', '.join(missing)}", "list them with `rbln-eval lm-eval ls tasks` or add {include_path} DIR"
-        )
-    return manager
-
-
-def _missing_tasks(manager: Any, tasks: list[str]) -> list[str]:
-    known = set(manager.all_tasks)
-    from lm_eval import utils
-
-    return [t for t in tasks if not Path(t).is_file() and not utils.pattern_match([t], sorted(known))]
-
-
 def sample_selection(options: EvalOptions, manager: Any) -> dict[str, Any]:
     """``simple_evaluate`` arguments that decide which prompts are scored (identical for two models compared)."""
     return {
@@ -274,8 +247,6 @@ def evaluate(
     from lm_eval.utils import sanitize_model_name
 
     _environment_described_once()
-    from rbln_eval.evaluation.preflight import check_request_types
-
     check_request_types(lm.family, task_manager)
     metadata = (model_args or {}) | options.metadata
     manager = task_manager or task_manager_for(options.tasks, options.include_path, metadata)

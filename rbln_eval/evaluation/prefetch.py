@@ -109,7 +109,7 @@ def prefetch_tasks(tasks: Sequence[str], include_path: str | None, notify: Calla
 
     A task whose data are local files downloads nothing, and is built offline too.
     """
-    from rbln_eval.evaluation.evaluate import task_manager_for
+    from rbln_eval.evaluation.tasks import task_manager_for
 
     manager = task_manager_for(list(tasks), include_path)  # unknown names fail before any download
     fetched: list[Fetched] = []

@@ -92,7 +92,7 @@ def load_tasks(
     Returns a task manager for ``simple_evaluate`` that hands out these tasks once, so they are not built twice.
     A dataset that cannot be loaded fails here, within seconds when the Hub cannot be reached.
     """
-    from rbln_eval.evaluation.evaluate import task_manager_for
+    from rbln_eval.evaluation.tasks import task_manager_for
 
     manager = task_manager_for(tasks, include_path, metadata)
     with watch_datasets(",".join(tasks), loaded):

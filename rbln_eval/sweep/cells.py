@@ -111,7 +111,8 @@ def evaluate_cell(
     ``replicas``, a :class:`~rbln_eval.sweep.runners.ReplicaCount` actor, hears how many are up, and a
     :class:`BundleSource` says where each replica's node gets the bundle.
     """
-    from rbln_eval.evaluation.evaluate import EvalOptions, summary_json, task_manager_for
+    from rbln_eval.evaluation.evaluate import EvalOptions, summary_json
+    from rbln_eval.evaluation.tasks import task_manager_for
     from rbln_eval.execution.devices import visible_npus
     from rbln_eval.execution.pool import ray_node_id
 

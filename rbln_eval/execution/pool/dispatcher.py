@@ -30,11 +30,10 @@ from rbln_eval.execution.pool.protocol import (
     Ready,
     Results,
     Want,
-    WorkerGone,
     WorkerSpec,
 )
 from rbln_eval.errors import WorkerDiedError, WorkerFailedError
-from rbln_eval.execution.pool.transport import ProcessTransport, Transport, Worker
+from rbln_eval.execution.pool.transport import ProcessTransport, Transport, Worker, WorkerGone
 from rbln_eval.families.registry import family_of
 from rbln_eval.store import Bundle
 

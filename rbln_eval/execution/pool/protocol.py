@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rbln_eval.core.shapes import ReplicaShape
 from rbln_eval.core.work import Work
 from rbln_eval.errors import RblnEvalError
-
-if TYPE_CHECKING:
-    from rbln_eval.execution.pool.transport import Worker
 
 #: How long workers get to stop politely before they are stopped by force, in seconds.
 STOP_TIMEOUT = 10.0
 
 Items = list[tuple[int, Work]]
 Results = list[tuple[int, Any]]
-
-
-class WorkerGone(Exception):
-    """A worker can no longer be reached; ``reason`` says how it ended."""
-
-    def __init__(self, worker: Worker, reason: str) -> None:
-        super().__init__(reason)
-        self.worker = worker
-        self.reason = reason
 
 
 @dataclass

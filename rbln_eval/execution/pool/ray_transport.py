@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any, Sequence
 
-from rbln_eval.execution.pool.protocol import STOP_TIMEOUT, Failed, Stop, WorkerGone, WorkerSpec
-from rbln_eval.execution.pool.transport import Transport, Worker
+from rbln_eval.execution.pool.protocol import STOP_TIMEOUT, Failed, Stop, WorkerSpec
+from rbln_eval.execution.pool.transport import Transport, Worker, WorkerGone
 from rbln_eval.execution.pool.worker import load_replica, serve_calls
 from rbln_eval.errors import RayUnavailableError
 

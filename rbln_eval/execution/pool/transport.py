@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from rbln_eval.errors import RblnEvalError
 from rbln_eval.execution.devices import format_devices
-from rbln_eval.execution.pool.protocol import STOP_TIMEOUT, Ready, Stop, WorkerGone, WorkerSpec
+from rbln_eval.execution.pool.protocol import STOP_TIMEOUT, Ready, Stop, WorkerSpec
 from rbln_eval.execution.pool.worker import worker_main
 
 #: The module the local workers' fork server imports once, so that each worker starts without importing.
@@ -40,6 +40,15 @@ class Worker:
         place = format_devices(devices) if devices else "its RBLN_DEVICES"
         node = f" of node {self.ready.node[:8]}" if self.ready and self.ready.node else ""
         return f"worker {self.spec.index} on {place}{node}"
+
+
+class WorkerGone(Exception):
+    """A worker can no longer be reached; ``reason`` says how it ended."""
+
+    def __init__(self, worker: Worker, reason: str) -> None:
+        super().__init__(reason)
+        self.worker = worker
+        self.reason = reason
 
 
 class Transport:
