@@ -11,7 +11,9 @@ The simulator exists only when asked for:
 - `rbln_eval.sim.activate()` in Python, before `optimum.rbln` is imported.
 
 It never shadows a real `rebel` unless forced (`SimulatorConflictError`). Activation also sets
-`RBLN_EVAL_SIMULATE` in `os.environ`, so child processes simulate as well.
+`RBLN_EVAL_SIMULATE` in `os.environ`, so child processes simulate as well, and `MKL_CBWR=AUTO,STRICT`
+unless it is set (see `rbln_eval.sim.numerics`: the same request gives the same bits in any process,
+batch row or replica).
 
 Other environment variables (read at use):
 
@@ -40,6 +42,7 @@ import sys
 from typing import Any
 
 from . import counting as _counters
+from . import numerics as _numerics
 from ._finder import REBEL_DIR, SimulatorFinder
 from ._version import SIM_TARGET_PREFIX, SIM_VERSION, sim_target
 from .counting import ENV_COUNTERS_FILE
@@ -104,7 +107,8 @@ def is_active() -> bool:
 def activate(force: bool = False) -> None:
     """Serve `rebel` from the simulator in this process (idempotent).
 
-    Call before `optimum.rbln` is imported.
+    Call before `optimum.rbln` is imported (and before torch computes anything, so that MKL starts in the
+    simulator's CNR mode).
 
     Args:
         force: Shadow a real `rebel` that is importable but not yet imported.
@@ -135,6 +139,7 @@ def activate(force: bool = False) -> None:
     if os.environ.get(ENV_SIMULATE, "").strip().lower() in _FALSE:
         os.environ[ENV_SIMULATE] = "force" if force else "1"
         _set_env = True
+    _numerics.pin_mkl_mode()
 
 
 def deactivate() -> None:
@@ -153,6 +158,7 @@ def deactivate() -> None:
     if _set_env:
         os.environ.pop(ENV_SIMULATE, None)
         _set_env = False
+    _numerics.unpin_mkl_mode()
 
 
 def activate_from_env() -> bool:

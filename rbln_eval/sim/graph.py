@@ -23,6 +23,7 @@ inputs then nodes; always an earlier one), `{"$float": "inf" | "-inf" | "nan"}`,
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import re
@@ -387,6 +388,9 @@ class Program:
         self.num_inputs = len(indices)
 
         first = len(raw_inputs)
+        runtime_index = dict(self._input_slots)
+        #: Runtime inputs (by index) that an operator writes to: a KV cache passed as an ordinary input.
+        self.mutated_inputs: set[int] = set()
         self._steps: list[tuple[Callable[..., Any], list[Any], dict[str, Any]]] = []
         for position, entry in enumerate(raw_nodes):
             if (
@@ -404,6 +408,14 @@ class Program:
                     raise GraphError(f"malformed keyword argument name {key!r}")
                 kwargs[key] = _decode(value, limit)
             self._steps.append((fn, args, kwargs))
+            target = entry["target"]
+            if target.startswith("rbln_custom_ops."):
+                written = set(ops.mutated_arguments(target.split(".")[1]))
+                names = list(inspect.signature(fn).parameters)
+                bound = [*zip(names, args), *kwargs.items()]
+                for name, value in bound:
+                    if name in written and isinstance(value, _Ref) and value.slot in runtime_index:
+                        self.mutated_inputs.add(runtime_index[value.slot])
         self._num_slots = first + len(raw_nodes)
         self._outputs = [_decode(v, self._num_slots) for v in raw_outputs]
 

@@ -30,7 +30,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "OP_NAMES", "kernel", "register"]
+from .numerics import aligned
+
+__all__ = ["KERNELS", "MUTATES", "OP_NAMES", "kernel", "mutated_arguments", "register"]
 
 _NS = "rbln_custom_ops"
 
@@ -91,6 +93,9 @@ def _attend(
     `[n_kv, G, L, P]`. Rows with no allowed position return zeros.
     """
     n_kv, groups, length, _ = q.shape
+    # A row's operands are views at offsets that depend on the batch row or cache block: aligned copies give
+    # the same bits wherever the request sits (see `numerics`).
+    q, keys, values = aligned(q), aligned(keys), aligned(values)
     scores = torch.matmul(q.float(), keys.float().unsqueeze(1).transpose(-1, -2))
     scores = scores * scale.float()
     if additive is not None:
@@ -265,6 +270,8 @@ def register() -> None:
 #: The CPU function behind each operator, which the simulator's graph interpreter calls directly: the
 #: ``torch.ops`` dispatcher (autograd and custom-op wrappers) would cost more than the arithmetic itself.
 KERNELS: dict[str, Callable[..., Tensor]] = {}
+#: The arguments each operator writes to (KV caches), by name.
+MUTATES: dict[str, tuple[str, ...]] = {}
 
 
 def _define(name: str, mutates_args: Sequence[str] | tuple[()]) -> Callable[[Callable[..., Tensor]], Any]:
@@ -272,6 +279,7 @@ def _define(name: str, mutates_args: Sequence[str] | tuple[()]) -> Callable[[Cal
 
     def wrap(fn: Callable[..., Tensor]) -> Any:
         KERNELS[name] = fn
+        MUTATES[name] = tuple(mutates_args)
         return torch.library.custom_op(f"{_NS}::{name}", mutates_args=mutates_args)(fn)
 
     return wrap
@@ -281,6 +289,12 @@ def kernel(name: str) -> Callable[..., Tensor]:
     """The CPU function of operator ``name`` (one of :data:`OP_NAMES`)."""
     register()
     return KERNELS[name]
+
+
+def mutated_arguments(name: str) -> tuple[str, ...]:
+    """The names of the arguments operator ``name`` (one of :data:`OP_NAMES`) writes to."""
+    register()
+    return MUTATES[name]
 
 
 def _op_defined(name: str) -> bool:

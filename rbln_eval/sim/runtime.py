@@ -12,6 +12,7 @@ import torch
 from . import counting, devices
 from ._env import env_number
 from .compiled import RBLNCompiledModel, _torch_dtype
+from .numerics import aligned
 
 __all__ = ["ENV_LATENCY_MS", "Runtime"]
 
@@ -86,6 +87,9 @@ class Runtime:
             else:
                 self._slots.append(("arg", arg))
                 arg += 1
+        #: the runtime inputs (indices into the call's inputs) that the graph writes to
+        written = self._program.mutated_inputs
+        self._written = [ref for i, (kind, ref) in enumerate(self._slots) if kind == "arg" and i in written]
         self._index_to_input_name = {i: e["name"] for i, e in enumerate(self._inputs)}
         self._input_name_to_index = {e["name"]: i for i, e in enumerate(self._inputs)}
         self._dtypes = [_torch_dtype(e["dtype"]) for e in self._inputs]
@@ -155,9 +159,16 @@ class Runtime:
     def __call__(self, *args: torch.Tensor, out: Any = None, **named: torch.Tensor) -> Any:
         bound = self._bind(args, named)
         started = time.perf_counter()
-        graph_inputs = [bound[ref] if kind == "arg" else ref for kind, ref in self._slots]
+        # As an NPU copies its inputs into device memory: a view at another offset (a chunk of a longer
+        # prompt, a row of a batch) is computed on from an aligned copy, so its bits do not depend on where
+        # the caller's tensor happens to start (see `numerics`).
+        staged = [aligned(value) for value in bound]
+        graph_inputs = [staged[ref] if kind == "arg" else ref for kind, ref in self._slots]
         with self._pool.run_lock:
             results = self._program(graph_inputs)
+            for index in self._written:  # a cache passed as an ordinary input: written back
+                if staged[index] is not bound[index]:
+                    bound[index].copy_(staged[index])
         perturb = _perturbation()
         if perturb:
             results = [_perturbed(result, perturb) for result in results]

@@ -18,7 +18,8 @@ buffers, memory figures and `payload_sha256`.
 Loading verifies the trailing digest before parsing anything, so flipped or missing bytes fail
 with `RBLNFormatError`. Parsing uses only `json` and `safetensors`; the graph's operators are then
 checked against an allow-list (`graph.resolve_target`). A file that was not written by the
-simulator (a real rebel-compiler artifact, say) is rejected by its magic.
+simulator (a real rebel-compiler artifact, say) is rejected by its magic. The tensors come back as
+64-byte aligned copies (see `numerics`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from .numerics import aligned
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAGIC", "RBLNFormatError", "read_rbln", "write_rbln"]
 
@@ -147,4 +150,8 @@ def read_rbln(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, A
         tensors = load_safetensors(bytes(payload[t_off : t_off + t_len])) if t_len else {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise RBLNFormatError(f"{path} has malformed tensor data: {exc}") from None
+    # safetensors' tensors view the bytes of the file at addresses the process's heap decides (16-byte
+    # aligned at best): copied into torch's 64-byte aligned allocations, every process computes alike.
+    for name in list(tensors):
+        tensors[name] = aligned(tensors[name])
     return header, graph, tensors

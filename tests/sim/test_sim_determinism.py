@@ -1,10 +1,10 @@
 """The same request gives the same bits wherever its data sits, in any process, batch row or replica.
 
 Without MKL's conditional numerical reproducibility (CNR), MKL may choose its code path by the alignment of
-the operands (on some CPUs) and split a product differently for another number of threads (on this one too).
-The tests compute under :class:`AlignmentSensitiveBLAS`, a stand-in for such a BLAS that sums a misaligned
-operand's products in another order, so that the alignment cases fail on any host when the simulator lets a
-misaligned operand reach a matrix product; the thread-count case uses torch's own MKL.
+the operands (on some CPUs) and splits large products differently for another number of threads (on x86
+CPUs generally). The alignment tests compute under :class:`AlignmentSensitiveBLAS`, a stand-in for such a
+BLAS that sums a misaligned operand's products in another order, so that they fail on any host when the
+simulator lets a misaligned operand reach a matrix product; the thread-count test uses torch's own MKL.
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def _python(code: str, *args: str, env: dict[str, str | None] | None = None) -> 
             environment.pop(key, None)
         else:
             environment[key] = value
-    return subprocess.run([sys.executable, "-c", code, *args], env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_fresh_processes_load_aligned_weights_and_give_the_same_bits(tmp_path: Path):
@@ -197,13 +199,13 @@ THREADS = textwrap.dedent(
 
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch is built without MKL")
 def test_any_number_of_threads_gives_the_same_bits():
-    """The pool gives each of K workers cores / K threads: a 128-token chunk through a 2048-wide projection
-    is split by thread count in MKL's default mode on x86 (this test's host among them), not in STRICT."""
+    """The pool gives each of K workers cores / K threads. In MKL's default mode a 128-token chunk through a
+    2048-wide projection gives other bits for 1, 2 and 4 threads on x86 CPUs; in STRICT mode it does not."""
     result = _python(THREADS)
     assert result.returncode == 0, result.stderr
     state = json.loads(result.stdout.splitlines()[-1])
     assert len(set(state["digests"])) == 1, state
-    assert state["env"] == numerics.DEFAULT_MKL_CBWR and state["mode"] == "AUTO,STRICT"
+    assert state["env"] == numerics.DEFAULT_MKL_CBWR and state["mode"].startswith("AUTO")
 
 
 MODE = textwrap.dedent(
@@ -223,11 +225,12 @@ MODE = textwrap.dedent(
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch is built without MKL")
 def test_the_mode_is_set_before_mkl_starts_and_a_users_own_is_kept():
     result = _python(MODE, "rbln-first")
-    assert json.loads(result.stdout) == {"env": "AUTO,STRICT", "mode": "AUTO,STRICT"}, result.stderr
+    state = json.loads(result.stdout)
+    assert state["env"] == "AUTO,STRICT" and state["mode"].startswith("AUTO"), result.stderr
     result = _python(MODE, "rbln-first", env={"MKL_CBWR": "COMPATIBLE"})
     assert json.loads(result.stdout) == {"env": "COMPATIBLE", "mode": "COMPATIBLE"}, result.stderr
-    result = _python(MODE, "torch-first")  # too late for this process (said so), in time for its children
-    assert json.loads(result.stdout) == {"env": "AUTO,STRICT", "mode": "OFF"}, result.stderr
+    result = _python(MODE, "torch-first")  # too late: said so, and left unset for its workers to compute alike
+    assert json.loads(result.stdout) == {"env": None, "mode": "OFF"}, result.stderr
     assert "MKL already runs without MKL_CBWR=AUTO,STRICT" in result.stderr
 
 
@@ -249,7 +252,8 @@ def test_deactivation_takes_back_the_mode_it_set():
 
 
 class ReportingSource:
-    """Hands a pool worker its bundle, first writing down the MKL mode and ``MKL_CBWR`` the worker runs with."""
+    """Hands a pool worker its bundle, first writing down ``MKL_CBWR`` and the MKL mode the worker computes with
+    (asking fixes MKL's mode, from the environment the worker then has, before it loads anything)."""
 
     def __init__(self, bundle_path: str, report_dir: str) -> None:
         self.bundle_path, self.report_dir = bundle_path, report_dir
@@ -279,4 +283,4 @@ def test_pool_workers_compute_in_the_same_mode_and_bits_as_the_parent(tmp_path_f
     states = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
     parent = {"env": os.environ.get("MKL_CBWR"), "mode": numerics.mkl_mode()}
     assert len(states) == 2 and all(state == parent for state in states), (states, parent)
-    assert parent["env"] is not None
+    assert parent["env"] is not None and parent["mode"] != "OFF"
