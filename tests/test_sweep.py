@@ -118,6 +118,7 @@ def test_bad_plans_are_refused_with_one_line(tmp_path: Path) -> None:
         "models: [{model: x, colour: red}]\ntasks: [demo_mc]\n": "unknown field(s) colour",
         "models: [x]\ntasks: [{task: demo_mc, limit: -1}]\n": "limit must be a non-negative number, got -1",
         "models: [x, x]\ntasks: [demo_mc]\n": "model names repeat",
+        "models: [{model: x, tp: -2}]\ntasks: [demo_mc]\n": "models[0]: tp must be a positive integer, got -2",
         "models: [x\n": "is not valid YAML",
     }
     for text, expected in cases.items():

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rbln_eval.api import CompileOptions
-from rbln_eval.errors import PlanError
+from rbln_eval.errors import ConfigError, PlanError
 
-MODEL_FIELDS = {
-    "model", "name", "revision", "tp", "batch_size", "max_seq_len", "logits", "npu", "dtype", "rbln_config",
-    "trust_remote_code",
-}
+#: A model entry's fields: compile's options by their CompileOptions names, ``rbln_config`` for the rest.
+MODEL_FIELDS = {"model", "name", "revision", "npu", "rbln_config", "trust_remote_code", *CompileOptions.names()}
 TASK_FIELDS = {"task", "num_fewshot", "limit", "include_path", "gen_kwargs", "log_samples"}
 PLAN_FIELDS = {"models", "tasks", "reference"}
 
@@ -24,20 +22,12 @@ class ModelEntry:
     model: str
     name: str
     revision: str | None = None
-    tp: int | None = None
-    batch_size: int | None = None
-    max_seq_len: int | None = None
-    logits: str = "all"
     npu: str | None = None
-    dtype: str | None = None
-    rbln_config: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    compile: CompileOptions = CompileOptions()
 
     def options(self) -> CompileOptions:
-        return CompileOptions(
-            batch_size=self.batch_size, max_seq_len=self.max_seq_len, tp=self.tp, logits=self.logits,
-            dtype=self.dtype, extra=self.rbln_config,
-        )
+        return self.compile
 
 
 @dataclass(frozen=True)
@@ -83,9 +73,15 @@ def _model(raw: Any, base: Path, where: str) -> ModelEntry:
     if local.is_dir():
         model = str(local.resolve())
     name = str(entry.pop("name", None) or Path(model).name)
+    compile_options = {option: entry.pop(option) for option in CompileOptions.names() if option in entry}
+    extra = entry.pop("rbln_config", None) or {}
+    if not isinstance(extra, dict):
+        raise PlanError(f"{where}: rbln_config must be a mapping of optimum-rbln options, got {extra!r}")
     try:
-        return ModelEntry(model=model, name=name, **entry)
+        return ModelEntry(model=model, name=name, compile=CompileOptions(**compile_options, extra=extra), **entry)
     except TypeError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    except ConfigError as exc:  # a compile option's value
         raise PlanError(f"{where}: {exc}") from None
 
 
