@@ -132,6 +132,8 @@ def mkl_mode() -> str | None:
     Asking fixes the mode: MKL settles it at its first call, from ``MKL_CBWR`` as the environment has it then.
     """
     library = _mkl_library()
+    # torch links MKL in statically and exports only its service layer: mkl_serv_cbwr_get answers as the
+    # public mkl_cbwr_get does. A build without it (another BLAS, another MKL) answers None.
     getter = getattr(library, "mkl_serv_cbwr_get", None) if library is not None else None
     if getter is None:
         return None
