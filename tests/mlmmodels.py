@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from rbln_eval import demo
+from taskhelpers import JSONL_LOADER
 
 VOCAB_SIZE = 1000
 MAX_POSITIONS = 64
@@ -70,23 +71,7 @@ metadata:
   version: 1.0
 """
 
-DATA_PY = '''"""Load the tasks' JSONL files from this directory."""
-
-import json
-from pathlib import Path
-
-import datasets
-
-HERE = Path(__file__).resolve().parent
-
-
-def load_local(data_files, **_metadata):
-    rows = {}
-    for split, name in data_files.items():
-        with (HERE / name).open(encoding="utf-8") as fh:
-            rows[split] = [json.loads(line) for line in fh if line.strip()]
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()})
-'''
+DATA_PY = JSONL_LOADER
 
 
 def corpus_sentences() -> list[str]:

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: A task directory's ``custom_dataset`` module: ``load_local`` reads the directory's JSONL files (lm_eval's
+#: ``data_files``) into a DatasetDict. Tasks name it as ``!function <module>.load_local``.
+JSONL_LOADER = '''"""Load the tasks' JSONL files from this directory."""
+
+import json
+from pathlib import Path
+
+import datasets
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_local(data_files, **_metadata):
+    rows = {}
+    for split, name in data_files.items():
+        with (HERE / name).open(encoding="utf-8") as fh:
+            rows[split] = [json.loads(line) for line in fh if line.strip()]
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()})
+'''
+
 #: The Hub dataset of ``tiny_hub`` and the task's name.
 TINY_HUB_DATASET = "org/tiny"
 TINY_HUB_TASK = "tiny_hub"

@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 
 from rbln_eval import demo
+from taskhelpers import JSONL_LOADER
 
 IMAGE_SIZE = 32
 PATCH = 8
@@ -95,23 +96,9 @@ def make_image(seed: int, size: int = 48):
     return Image.fromarray(pixels, "RGB")
 
 
-TASK_DATA = '''"""Load the image tasks' JSONL and PNG files from this directory."""
+TASK_DATA = JSONL_LOADER + '''
 
-import json
-from pathlib import Path
-
-import datasets
 from PIL import Image
-
-HERE = Path(__file__).resolve().parent
-
-
-def load_local(data_files, **_metadata):
-    rows = {}
-    for split, name in data_files.items():
-        with (HERE / name).open(encoding="utf-8") as fh:
-            rows[split] = [json.loads(line) for line in fh if line.strip()]
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()})
 
 
 def doc_to_image(doc):

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rbln_eval.errors import RblnEvalError
+from rbln_eval.sweep.cells import CELL_RECORD, CELL_RESULTS
 from rbln_eval.sweep.chart import Score, build_chart, chart_svg
+from rbln_eval.sweep.summary import SUMMARY_NAME
 from rbln_eval.util.atomic import write_atomic
 
 #: Metrics shown first when a task reports several (the usual headline metric of each kind of task).
@@ -23,9 +25,6 @@ HEADLINE = ("acc", "exact_match", "word_perplexity", "perplexity", "acc_norm", "
 
 #: Metrics known to be better when lower, for results that do not say (lm_eval's ``higher_is_better``).
 LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "wer", "cer", "ter"})
-
-#: lm_eval's results file in a cell's directory, and the record beside it that names the cell's key.
-_CELL_RESULTS, _CELL_RECORD = "results.json", "cell.json"
 
 #: Numbers lm_eval reports per task that are not scores.
 _NOT_SCORES = ("sample_len",)
@@ -75,10 +74,10 @@ def cell_score(cell: dict[str, Any], results: dict[str, Any] | None = None) -> S
 def cell_results(output: Path) -> dict[str, dict[str, Any]]:
     """The lm_eval results of each cell under ``output/cells/``, by the cell's key (as in summary.json)."""
     found: dict[str, dict[str, Any]] = {}
-    for record in sorted((output / "cells").glob(f"*/{_CELL_RECORD}")):
+    for record in sorted((output / "cells").glob(f"*/{CELL_RECORD}")):
         try:
             key = json.loads(record.read_text()).get("key")
-            results = json.loads((record.parent / _CELL_RESULTS).read_text())
+            results = json.loads((record.parent / CELL_RESULTS).read_text())
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(key, str) and isinstance(results, dict):
@@ -203,10 +202,10 @@ def rerender(output: str | Path) -> Path:
     """Render ``summary.md`` and ``report.html`` again from ``output/summary.json``."""
     output = Path(output)
     try:
-        summary = json.loads((output / "summary.json").read_text())
+        summary = json.loads((output / SUMMARY_NAME).read_text())
     except FileNotFoundError:
-        raise RblnEvalError(f"{output} holds no summary.json", "point at the --output directory of a sweep") from None
+        raise RblnEvalError(f"{output} holds no {SUMMARY_NAME}", "point at the --output directory of a sweep") from None
     except (OSError, ValueError) as exc:
-        raise RblnEvalError(f"{output / 'summary.json'} cannot be read ({exc})") from None
+        raise RblnEvalError(f"{output / SUMMARY_NAME} cannot be read ({exc})") from None
     render_reports(output, summary)
     return output / "report.html"
