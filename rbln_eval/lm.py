@@ -102,7 +102,14 @@ class RBLNLM(BundleLM):
         if executor is None:
             check_names(cls, model_args)  # before anything is opened
             executor, compiled_now = BundleArgs.parse(dict(model_args)).open()
-        instance = super().__new__(scoring_class(cls, executor.family.lm_class))
+        lm_class = executor.family.lm_class
+        if not executor.family.scores_text and not issubclass(cls, lm_class) and lm_class not in rbln_lm_classes(cls):
+            executor.close()
+            raise ConfigError(
+                f"bundle {executor.bundle.digest[:12]} is a {executor.family.name} bundle: use the "
+                f"`{getattr(lm_class, 'MODEL_NAME', 'rbln')}` model for it"
+            )
+        instance = super().__new__(scoring_class(cls, lm_class))
         instance.opened = (executor, compiled_now)
         return instance
 

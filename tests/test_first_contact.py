@@ -293,7 +293,7 @@ def comparison_report(tolerance: float | None = 1e-4) -> ComparisonReport:
         ),
         TaskComparison("demo_gen", "generate_until", 8, [MetricDelta("exact_match,none", 0.5, 0.5, 0.0)], generation_agreement=1.0),
     ]
-    reference = {"pretrained": "meta-llama/Llama-3.2-1B-Instruct", "dtype": "float32", "device": "cpu"}
+    reference = {"model": "hf", "pretrained": "meta-llama/Llama-3.2-1B-Instruct", "dtype": "float32", "device": "cpu"}
     return ComparisonReport("3f2a9c1b2d4e" + "0" * 52, "SIM-RBLN-CA25", reference, tasks, 8.0, None, tolerance)
 
 

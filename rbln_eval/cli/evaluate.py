@@ -299,7 +299,7 @@ def print_comparison(report: ComparisonReport, console: Console) -> None:
     """The report as two tables that keep every number and the verdict whole at ``console``'s width."""
     tolerance = "" if report.tolerance is None else f", tolerance: {report.tolerance:g}"
     console.print(
-        f"rbln {report.bundle[:12]} ({report.target}) vs hf {report.reference['pretrained']} "
+        f"rbln {report.bundle[:12]} ({report.target}) vs {report.reference['model']} {report.reference['pretrained']} "
         f"({report.reference['dtype']}, {report.reference['device']}), limit: {_whole(report.limit)}, "
         f"num_fewshot: {report.num_fewshot}{tolerance}",
         markup=False,

@@ -28,7 +28,7 @@ from typing import Callable, Generator, Iterable, Protocol, Sequence
 
 import torch
 
-from rbln_eval.core.work import Continuation, ScoreWork
+from rbln_eval.core.work import Continuation, Media, MediaPrompt, ScoreWork
 
 
 @dataclass(frozen=True)
@@ -335,3 +335,17 @@ def greedy(
             return generated
         logits = yield Step(token, position)
         position += 1
+
+
+def with_media(program: Program, media: Media) -> Program:
+    """``program`` whose first :class:`Open` carries ``media`` (a :class:`MediaPrompt` of the same tokens)."""
+    request = next(program)
+    if not isinstance(request, Open):
+        raise RuntimeError(f"a program must open its row first, got {request!r}")
+    value = yield Open(MediaPrompt(request.tokens, media))
+    while True:
+        try:
+            request = program.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = yield request

@@ -9,19 +9,38 @@ Both return results in item order, so the scores do not depend on which one ran 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from rbln_eval.core.shapes import ReplicaShape
 from rbln_eval.store import Bundle
 
 
 @dataclass(frozen=True)
-class Images:
-    """The images of a prompt, as the processor prepared them (``pixel_values``, …), and their content key."""
+class Media:
+    """A request's inputs besides tokens, as its processor prepared them: a prompt's images (``pixel_values``, …)
+    or a clip's audio features (``input_features``, ``input_values``); how many there are, and their content key."""
 
     inputs: dict[str, Any]
     count: int
     key: str
+
+
+class MediaPrompt(Sequence[int]):
+    """Prompt tokens that carry their request's :class:`Media`: what a backend's ``open`` receives for a
+    multimodal work item (the program still sees, and steps over, the plain tokens)."""
+
+    def __init__(self, tokens: Sequence[int], media: Media) -> None:
+        self.tokens = list(tokens)
+        self.media = media
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.tokens[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.tokens)
 
 
 class Continuation(tuple):
@@ -56,7 +75,7 @@ class ScoreWork:
 
     context: tuple[int, ...]
     continuations: tuple[tuple[int, ...], ...]
-    images: Images | None = None  # a multimodal context: its image features are prefilled with it
+    media: Media | None = None  # a multimodal context: its images or audio, encoded with it
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ class GenerateWork:
     tokens: tuple[int, ...]
     max_new_tokens: int
     until: tuple[str, ...]
-    images: Images | None = None
+    media: Media | None = None
 
 
 Work = ScoreWork | GenerateWork

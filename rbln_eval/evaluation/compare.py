@@ -228,7 +228,7 @@ def run_compare(lm: Any, options: EvalOptions, tolerance: float | None = None, r
         target=bundle.key.target,
         reference={
             "model": family_of(bundle.key.model_class).reference_model, "pretrained": pretrained, "revision": revision, "dtype": "float32",
-            "device": str(getattr(ref_lm, "device", "")) or reference_device(),
+            "device": str(getattr(ref_lm, "device", None) or reference_device()),
         },
         tasks=compare_results(ours, ref, tolerance),
         limit=options.limit,

@@ -120,6 +120,8 @@ class Family:
     length_keys: tuple[str, ...] = ()
     #: Detection order: families with a higher priority are asked first (a special case before its base).
     priority = 0
+    #: Whether the plain ``rbln`` model scores this family's bundles on text requests (else only its own lm does).
+    scores_text = True
     #: The lm_eval request types the family's lm answers.
     request_types: tuple[str, ...] = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 

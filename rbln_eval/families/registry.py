@@ -11,6 +11,7 @@ from rbln_eval.families.base import Family
 from rbln_eval.families.causal import CausalFamily
 from rbln_eval.families.masked_lm import MaskedLMFamily
 from rbln_eval.families.seq2seq import Seq2SeqFamily
+from rbln_eval.families.speech import CTCFamily, SpeechSeq2SeqFamily
 from rbln_eval.families.vision_language import VisionLanguageFamily
 
 #: The families rbln-eval ships, one line each.
@@ -19,6 +20,8 @@ BUILTIN_FAMILIES: tuple[Family, ...] = (
     Seq2SeqFamily(),
     VisionLanguageFamily(),
     MaskedLMFamily(),
+    SpeechSeq2SeqFamily(),
+    CTCFamily(),
 )
 
 _FAMILIES: dict[str, Family] = {}

@@ -39,7 +39,8 @@ def ray_node_id() -> str | None:
 def _runtime_devices(model: Any, requested: list[int]) -> list[int]:
     """The devices the model's runtimes were placed on (as the SDK reports them), else the requested ones."""
     found: set[int] = set()
-    for runtime in getattr(model, "model", None) or []:
+    runtimes = getattr(model, "model", None)  # a list of runtimes (Whisper keeps a torch module there instead)
+    for runtime in runtimes if isinstance(runtimes, (list, tuple)) else []:
         devices = getattr(runtime, "devices", None)
         if devices is None:
             devices = getattr(getattr(runtime, "runtime", None), "devices", None)

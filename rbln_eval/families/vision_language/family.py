@@ -57,9 +57,9 @@ class VisionLanguageFamily(CausalFamily):
         save_processor(model_id, directory, load_kwargs, log)
 
     def with_inputs(self, program: Program, work: Work) -> Program:
-        if work.images is None:
+        if work.media is None:
             return program
-        return with_images(program, work.images.inputs, work.images.count, work.images.key)
+        return with_images(program, work.media.inputs, work.media.count, work.media.key)
 
     def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
         return multimodal_reference_lm(pretrained, revision, device, max_length)

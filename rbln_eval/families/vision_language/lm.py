@@ -8,7 +8,7 @@ multimodal requests too (one prefill per context and image set), so multiple-cho
 scored by log-likelihood. Text-only requests go through :class:`~rbln_eval.core.lm.BundleLM`'s paths.
 
 Requests become the same work items as text requests, carrying their images
-(:class:`~rbln_eval.core.work.Images`), so they run on any executor: one replica here, or data-parallel workers.
+(:class:`~rbln_eval.core.work.Media`), so they run on any executor: one replica here, or data-parallel workers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lm_eval.models.utils import flatten_image_list, replace_placeholders, resiz
 
 from rbln_eval.core.programs import plan_loglikelihood
 from rbln_eval.errors import ConfigError
-from rbln_eval.core.work import GenerateWork, Images, ScoreWork
+from rbln_eval.core.work import GenerateWork, Media, ScoreWork
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.util.values import as_bool, as_int
 from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, load_processor
@@ -169,7 +169,7 @@ class MultimodalEncoding:
                 indices = tuple(members[m] for m in job.members)
                 _, _, image_inputs, count, key = encoded[indices[0]]
                 continuations = tuple(tuple(encoded[i][1]) for i in indices)
-                items.append(ScoreWork(tuple(job.context), continuations, Images(image_inputs, count, key)))
+                items.append(ScoreWork(tuple(job.context), continuations, Media(image_inputs, count, key)))
                 owners.append(indices)
         return items, owners
 
@@ -188,7 +188,7 @@ class MultimodalEncoding:
             until, max_gen = self._greedy_settings(gen_kwargs)  # type: ignore[attr-defined]
             tokens, image_inputs = self._encode(text, images)
             self._check_fits(tokens, self.max_length - max_gen, f"a generation context (with room for {max_gen} new tokens)")
-            images_in = Images(image_inputs, len(images), image_fingerprint(images))
+            images_in = Media(image_inputs, len(images), image_fingerprint(images))
             items.append((GenerateWork(tuple(tokens), max_gen, tuple(until), images_in), max_gen))
         return items
 
