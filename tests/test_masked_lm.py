@@ -238,3 +238,23 @@ def test_rbln_model_and_run_open_masked_lm_bundles(scratch: Path, tasks: Path, b
     rolling = results_file(out / "lm-eval")
     assert rolling["config"]["rbln"]["bundle_digest"] == digest and rolling["config"]["rbln"]["pll"]["variant"] == "original"
     assert rolling["results"]["mlm_ppl"]["word_perplexity,none"] > 1
+
+
+def test_compare_scores_the_reference_with_the_same_pll_variant(scratch: Path, tasks: Path, bundles: dict) -> None:
+    """``--model_args pll=original`` reaches both sides: with the other variant on one side, the multi-token words'
+    log-likelihoods would differ by far more than the tolerance."""
+    import json
+
+    report_path = scratch / "compare-pll.json"
+    result = finished(start_cli(
+        "compare", bundles["bert", BATCH].digest[:12], "--store", str(scratch / "store"), "--include_path", str(tasks),
+        "--tasks", "mlm_ppl", "--model_args", "pll=original", "--tolerance", "1e-4", "--output", str(report_path),
+    ))
+    ok(result)
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is True and report["reference"]["model"] == "hf-pll"
+    assert report["reference"]["settings"] == {"pll": "original"}
+    assert all(task["max_abs_logprob_delta"] <= 1e-4 for task in report["tasks"]), report["tasks"]
+    refused = finished(start_cli("compare", bundles["bert", BATCH].digest[:12], "--store", str(scratch / "store"),
+                                 "--include_path", str(tasks), "--tasks", "mlm_cola", "--model_args", "pll=pseudo"))
+    one_line_exit_2(refused, "pll must be one of within_word_l2r, original, got 'pseudo'")

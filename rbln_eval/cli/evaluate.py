@@ -241,13 +241,19 @@ def compare_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON report path (default: compare-DIGEST.json)."),
     device: Optional[str] = typer.Option(None, "--device", help="NPU index or range of the bundle's replica."),
     batch_size: int = typer.Option(8, "--batch-size", help="Batch size of the HF reference."),
+    model_args: Optional[str] = typer.Option(
+        None, "--model_args", help="Scoring settings, as for `run` (pll=original, language=en): both sides use them."
+    ),
     store: StoreOpt = None,
 ) -> None:
     """Score a bundle and its model's HF reference on the same samples; report per-task and per-request deltas.
 
     Example: rbln-eval compare 3f2a9c --tasks hellaswag,arc_easy --limit 200 --tolerance 1e-4
     """
+    from lm_eval.utils import simple_parse_args_string
+
     from rbln_eval.evaluation.compare import reference_lm, run_compare
+    from rbln_eval.families.registry import family_of
     from rbln_eval.evaluation.evaluate import EvalOptions, parse_seed
     from rbln_eval.evaluation.preflight import check_devices, check_eval_options, load_tasks
 
@@ -260,11 +266,14 @@ def compare_command(
     )
     st = open_store(store)
     load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
+    scoring = simple_parse_args_string(model_args) if model_args else {}
+    check_scoring_args(scoring)
     bundle = st.resolve(ref)
-    lm = open_lm(bundle, executor=_open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups))
+    family_of(bundle.key.model_class).lm_class.check_args(scoring)
+    lm = open_lm(bundle, executor=_open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups), **scoring)
     try:
         with err.status("loading the HF reference…", spinner="dots"):
-            reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size)
+            reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size, settings=lm.reference_settings())
         report = run_compare(lm, options, tolerance, reference=reference)
     finally:
         lm.close()

@@ -310,6 +310,10 @@ class BundleLM(TemplateLM):
         steps = self.family.generation_steps(len(tokens), max_gen)
         return GenerateWork(tuple(tokens), steps, tuple(until)), max_gen
 
+    def reference_settings(self) -> dict[str, Any]:
+        """The scoring model_args the reference of ``compare`` must share (a PLL variant, a language)."""
+        return {}
+
     @property
     def device_counters(self) -> dict[str, dict[str, int]]:
         return self.executor.counters()

@@ -115,11 +115,15 @@ def reference_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def reference_lm(bundle: Bundle, max_length: int | None = None, batch_size: int = 8, device: str | None = None) -> Any:
-    """lm_eval's own ``hf`` model for the model behind ``bundle``, in float32."""
+def reference_lm(
+    bundle: Bundle, max_length: int | None = None, batch_size: int = 8, device: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Any:
+    """The float32 reference of the model behind ``bundle`` (lm_eval's ``hf`` model, or the family's own), scored
+    with the bundle lm's ``settings`` (:meth:`~rbln_eval.core.lm.BundleLM.reference_settings`)."""
     pretrained, revision = reference_source(bundle)
     return family_of(bundle.key.model_class).reference_lm(
-        pretrained, revision, device or reference_device(), max_length, batch_size
+        pretrained, revision, device or reference_device(), max_length, batch_size, **(settings or {})
     )
 
 
@@ -218,7 +222,7 @@ def run_compare(lm: Any, options: EvalOptions, tolerance: float | None = None, r
     if ours is None:
         raise RblnEvalError("the evaluation returned no results")
     bundle: Bundle = lm.bundle
-    ref_lm = reference if reference is not None else reference_lm(bundle, max_length=lm.max_length)
+    ref_lm = reference if reference is not None else reference_lm(bundle, max_length=lm.max_length, settings=lm.reference_settings())
     ref = simple_evaluate(model=ref_lm, **sample_selection(options, manager), log_samples=True)
     if ref is None:
         raise RblnEvalError("the reference evaluation returned no results")
@@ -229,6 +233,7 @@ def run_compare(lm: Any, options: EvalOptions, tolerance: float | None = None, r
         reference={
             "model": family_of(bundle.key.model_class).reference_model, "pretrained": pretrained, "revision": revision, "dtype": "float32",
             "device": str(getattr(ref_lm, "device", None) or reference_device()),
+            "settings": lm.reference_settings(),
         },
         tasks=compare_results(ours, ref, tolerance),
         limit=options.limit,

@@ -174,8 +174,14 @@ class Family:
         return {name: int(length) for name in self.length_keys} if length else {}
 
     # ---- the reference ------------------------------------------------------------------------------
-    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
-        """lm_eval's own model for the same weights in float32: the reference of ``rbln-eval compare``."""
+    def reference_lm(
+        self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
+    ) -> Any:
+        """lm_eval's own model for the same weights in float32: the reference of ``rbln-eval compare``.
+
+        ``settings`` are the scoring model_args the bundle's lm shares with its reference
+        (``BundleLM.reference_settings``); lm_eval's ``hf`` model takes none.
+        """
         from lm_eval.models.huggingface import HFLM
 
         kwargs: dict[str, Any] = {"revision": revision} if revision else {}

@@ -90,7 +90,9 @@ class MaskedLMFamily(Family):
     def generation_cost(self, shape: ReplicaShape, context: int, max_gen: int) -> int:
         return 0
 
-    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
+    def reference_lm(
+        self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
+    ) -> Any:
         from rbln_eval.families.masked_lm.reference import masked_reference_lm
 
-        return masked_reference_lm(self, pretrained, revision, device, max_length, batch_size)
+        return masked_reference_lm(self, pretrained, revision, device, max_length, batch_size, settings.get("pll"))

@@ -132,6 +132,9 @@ class MaskedLM(BundleLM):
         tasks = sorted({str(getattr(request, "task_name", None) or "?") for request in requests})
         raise ConfigError(f"task(s) {', '.join(tasks)} ask for generate_until requests, which {self.family.name} bundles do not answer")
 
+    def reference_settings(self) -> dict[str, Any]:
+        return {"pll": self.pll}
+
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
         info["rbln"]["pll"] = {"variant": self.pll, "masked_copies": self.masked_copies, "scored_tokens": self.scored_tokens}

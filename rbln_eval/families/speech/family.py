@@ -52,10 +52,12 @@ class SpeechFamily(Family):
     def save_extras(self, model_id: str, directory: Path, load_kwargs: dict[str, Any], log: Any) -> None:
         save_processor(model_id, directory, load_kwargs, log)
 
-    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
+    def reference_lm(
+        self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
+    ) -> Any:
         from rbln_eval.families.speech.reference import speech_reference_lm
 
-        return speech_reference_lm(self, pretrained, revision, device, max_length)
+        return speech_reference_lm(self, pretrained, revision, device, max_length, **settings)
 
 
 class SpeechSeq2SeqFamily(SpeechFamily):

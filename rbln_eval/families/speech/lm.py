@@ -197,6 +197,9 @@ class WhisperLM(AudioLM):
                     self.cache_hook.add_partial("loglikelihood", tuple(requests[member].args[:2]), results[member])
             return results
 
+    def reference_settings(self) -> dict[str, Any]:
+        return {name: value for name, value in (("language", self.language), ("task", self.task)) if value}
+
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
         info["rbln"]["audio"].update(decoder_prompt=list(self.prompt), language=self.language, task=self.task)

@@ -147,8 +147,11 @@ class CTCReferenceLM(CTCLM):
         return {"reference": {"pretrained": self.executor.source_dir, "dtype": "float32", "max_length": self.max_length}}
 
 
-def speech_reference_lm(family: Any, pretrained: str, revision: str | None, device: str, max_length: int | None) -> Any:
-    """The float32 transformers model of ``pretrained`` scored like the bundle (CTC clips padded to ``max_length``)."""
+def speech_reference_lm(
+    family: Any, pretrained: str, revision: str | None, device: str, max_length: int | None, **settings: Any,
+) -> Any:
+    """The float32 transformers model of ``pretrained`` scored like the bundle (CTC clips padded to ``max_length``;
+    Whisper with the bundle's ``language`` and ``task`` settings)."""
     from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
@@ -161,6 +164,7 @@ def speech_reference_lm(family: Any, pretrained: str, revision: str | None, devi
         raise ConfigError(f"cannot load the reference model {pretrained}: {exc}") from None
     source = model.name_or_path or pretrained
     if whisper:
-        return WhisperReferenceLM(SpeechHostExecutor(family, TorchWhisperBackend(model, REFERENCE_BATCH), tokenizer, source))
+        executor = SpeechHostExecutor(family, TorchWhisperBackend(model, REFERENCE_BATCH), tokenizer, source)
+        return WhisperReferenceLM(executor, **settings)
     backend = TorchCTCBackend(model, REFERENCE_BATCH, max_length or DEFAULT_CTC_SAMPLES)
     return CTCReferenceLM(SpeechHostExecutor(family, backend, tokenizer, source))

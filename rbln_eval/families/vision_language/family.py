@@ -61,5 +61,7 @@ class VisionLanguageFamily(CausalFamily):
             return program
         return with_images(program, work.media.inputs, work.media.count, work.media.key)
 
-    def reference_lm(self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int) -> Any:
+    def reference_lm(
+        self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
+    ) -> Any:
         return multimodal_reference_lm(pretrained, revision, device, max_length)
