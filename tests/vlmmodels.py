@@ -24,8 +24,14 @@ CHAT_TEMPLATE = (
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_llava(root: str) -> Path:
-    """Save a tiny LLaVA (CLIP tower + the demo Llama) with its processor under ``root``; its path."""
+def tiny_llava(
+    root: str, strategy: str = "default", image_size: int = IMAGE_SIZE, patch: int = PATCH, tower: str = "clip"
+) -> Path:
+    """Save a tiny LLaVA (CLIP tower + the demo Llama) with its processor under ``root``; its path.
+
+    ``strategy`` (``vision_feature_select_strategy``), ``image_size``, ``patch`` and ``tower`` (``clip`` or
+    ``siglip``: no CLS position, its processor adds no image token) make variants in their own directory.
+    """
     import torch
     from transformers import (
         AutoTokenizer,
@@ -36,9 +42,12 @@ def tiny_llava(root: str) -> Path:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
     )
 
-    out = Path(root) / "tiny-llava-clip"
+    variant = (strategy, image_size, patch, tower) != ("default", IMAGE_SIZE, PATCH, "clip")
+    out = Path(root) / (f"tiny-llava-{tower}-{strategy}-{image_size}px-{patch}" if variant else "tiny-llava-clip")
     if (out / "config.json").is_file():
         return out
     text_dir = demo.causal_model_dir()
@@ -47,15 +56,16 @@ def tiny_llava(root: str) -> Path:
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     base = LlamaForCausalLM.from_pretrained(text_dir)
     text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
-    strategy = "default"  # drops CLIP's CLS position
+    # "default" drops CLIP's CLS position; "full" keeps every position the tower outputs
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch)
+    vision_config = SiglipVisionConfig(**sizes) if tower == "siglip" else CLIPVisionConfig(**sizes, projection_dim=32)
+    additional = 0 if tower == "siglip" else 1  # the CLS position
+    image_tokens = (image_size // patch) ** 2 + additional - (1 if strategy == "default" else 0)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
-            patch_size=PATCH, projection_dim=32,
-        ),
+        vision_config=vision_config,
         text_config=text_config, image_token_index=image_token,
         vision_feature_select_strategy=strategy, vision_feature_layer=-1,
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2, projector_hidden_act="gelu",
+        image_seq_length=image_tokens, projector_hidden_act="gelu",
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
@@ -71,15 +81,23 @@ def tiny_llava(root: str) -> Path:
         # Image features on the scale of the text embeddings, so images change the answer but do not drown it.
         model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
     model.save_pretrained(out)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    if tower == "siglip":
+        image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
-        num_additional_image_tokens=1, vision_feature_select_strategy=strategy,
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+        num_additional_image_tokens=additional, vision_feature_select_strategy=strategy,
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
     base.generation_config.save_pretrained(out)
     return out
+
+
+def tiny_llava_siglip(root: str) -> Path:
+    """A tiny LLaVA with a SigLIP tower (no CLS: strategy ``full``, no additional image token), 32 px in 8 px patches."""
+    return tiny_llava(root, strategy="full", tower="siglip")
 
 
 def make_image(seed: int, size: int = 48):
@@ -235,3 +253,278 @@ def qwen_inputs(model_dir: Path, text: str, seed: int) -> dict:
         "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
         "mm_token_type_ids": (input_ids == image_token).int(), **images,
     }
+
+
+#: A Qwen-style chat template: each image part is the vision start, one image pad (the processor expands it) and
+#: the vision end, as in the Hub's Qwen2-VL templates.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+QWEN_DEMO_IMAGE = 32  # pixels a side: 8 x 8 patches of 4 px, merged 2 x 2 into 16 image tokens
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_qwen_vl(root: str, model_type: str = "qwen2_vl") -> Path:
+    """Save a tiny Qwen2-VL or Qwen2.5-VL (``model_type``) whose language model is the demo Llama, with its image
+    processor, tokenizer and chat template (``chat_template.jinja``, as the processor saves it).
+
+    The demo Llama is a Qwen2 text model with zero q/k/v biases: M-RoPE gives text positions the Llama's RoPE, so
+    generations are text. The vision tower is random (2 blocks, 4 px patches merged 2 x 2; Qwen2.5-VL's with
+    16 px attention windows and its last block global); its features are scaled to the text embeddings.
+    """
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        LlamaForCausalLM,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(root) / f"tiny-{model_type.replace('_', '-')}-demo"
+    if (out / "config.json").is_file():
+        return out
+    text_dir = demo.causal_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_TOKENS)})
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS]
+    base = LlamaForCausalLM.from_pretrained(text_dir)
+    llama = base.config
+    text_config = dict(
+        vocab_size=len(tokenizer), hidden_size=llama.hidden_size, intermediate_size=llama.intermediate_size,
+        num_hidden_layers=llama.num_hidden_layers, num_attention_heads=llama.num_attention_heads,
+        num_key_value_heads=llama.num_key_value_heads, max_position_embeddings=llama.max_position_embeddings,
+        rms_norm_eps=llama.rms_norm_eps, rope_theta=llama.rope_parameters["rope_theta"],
+        rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},  # head_dim 32: 16 frequencies
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    # spatial_patch_size: read by optimum-rbln, present in the Hub's Qwen2-VL and Qwen2.5-VL configs
+    vision = dict(
+        depth=2, num_heads=2, patch_size=4, spatial_patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+    )
+    tokens = dict(vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3])
+    if model_type == "qwen2_vl":
+        vision_config = dict(vision, embed_dim=32, hidden_size=llama.hidden_size, mlp_ratio=2)
+        config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **tokens)
+        model_class = Qwen2VLForConditionalGeneration
+    else:
+        vision_config = dict(
+            vision, hidden_size=32, intermediate_size=64, out_hidden_size=llama.hidden_size, window_size=16,
+            fullatt_block_indexes=[1],
+        )
+        config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **tokens)
+        model_class = Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        language_model = model.model.language_model
+        state = {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}
+        loaded = language_model.load_state_dict(state, strict=False)
+        biases = [k for k in loaded.missing_keys if k.endswith("_proj.bias")]
+        assert sorted(set(loaded.missing_keys) - set(biases)) == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
+        for name in biases:
+            language_model.get_parameter(name).zero_()
+        embed = base.get_input_embeddings().weight
+        model.get_input_embeddings().weight.zero_()
+        model.get_input_embeddings().weight[: embed.shape[0]] = embed
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
+        merger = model.model.visual.merger.mlp[-1]
+        merger.weight.mul_(3.0)
+        merger.bias.zero_()
+    model.save_pretrained(out)
+    pixels = QWEN_DEMO_IMAGE * QWEN_DEMO_IMAGE
+    Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
+    base.generation_config.save_pretrained(out)
+    return out
+
+
+GEMMA_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+#: A Gemma-style chat template: each image part is the start-of-image token (the processor expands it). No
+#: generation prompt: the random Gemma3 repeats a prompt's last token, which is then each document's own.
+GEMMA_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>", "<start_of_image>").replace("assistant:", "")
+GEMMA_IMAGE = 32  # pixels a side: 8 x 8 patches of 4 px, 64 image tokens (no pooling)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_gemma3(root: str) -> Path:
+    """Save a tiny random Gemma3 (SigLIP tower without its pooling head, as the Hub's Gemma3 configs) with its
+    processor (PIL image processor, the demo tokenizer with Gemma3's image tokens, a chat template).
+
+    Its language model alternates a sliding-window layer (a 64-token window, shorter than an image prompt) and a
+    global one; an image is 64 tokens, optimum-rbln's image prefill chunk.
+    """
+    import torch
+    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    out = Path(root) / "tiny-gemma3"
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(demo.causal_model_dir(), **GEMMA_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(GEMMA_TOKENS.values())})
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in GEMMA_TOKENS.items()}
+    tokens = (GEMMA_IMAGE // 4) ** 2
+    config = Gemma3Config(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=256, sliding_window=64,
+            layer_types=["sliding_attention", "full_attention"], initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=GEMMA_IMAGE,
+            patch_size=4, vision_use_head=False,
+        ),
+        mm_tokens_per_image=tokens, boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
+        image_token_index=ids["image_token"],
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # transformers initializes the projection to zeros: image features on the text's scale
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.2)
+    model.save_pretrained(out)
+    image_processor = Gemma3ImageProcessorPil(size={"height": GEMMA_IMAGE, "width": GEMMA_IMAGE})
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens, chat_template=GEMMA_CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+IDEFICS_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+    f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)
+]
+IDEFICS_TILE = 32  # pixels a side of a tile: 8 x 8 patches of 4 px, shuffled 2 x 2 into 16 image tokens
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_idefics3(root: str) -> Path:
+    """Save a tiny Idefics3 whose language model is the demo Llama, with its processor (PIL image processor that
+    splits an image into 2 x 2 tiles of 32 px plus the whole image, the demo tokenizer with Idefics3's tokens, the
+    LLaVA chat template: Idefics3's image token is ``<image>`` too).
+
+    Its vision tower and connector are random, the connector's output scaled to the text embeddings.
+    """
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    out = Path(root) / "tiny-idefics3"
+    if (out / "config.json").is_file():
+        return out
+    text_dir = demo.causal_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS_TOKENS})
+    base = LlamaForCausalLM.from_pretrained(text_dir)
+    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    config = Idefics3Config(
+        text_config=text_config,
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=IDEFICS_TILE,
+            patch_size=4,
+        ),
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        embed = base.get_input_embeddings().weight
+        model.get_input_embeddings().weight[: embed.shape[0]] = embed
+        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
+        model.lm_head.weight[embed.shape[0] :] = 0.0
+        loaded = model.model.text_model.load_state_dict(
+            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
+        )
+        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
+        model.model.connector.modality_projection.proj.weight.mul_(0.4)
+    model.save_pretrained(out)
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 2 * IDEFICS_TILE}, max_image_size={"longest_edge": IDEFICS_TILE}
+    )
+    tokens = (IDEFICS_TILE // 4 // 2) ** 2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    base.generation_config.save_pretrained(out)
+    return out
+
+
+#: LLaVA-NeXT's resolutions an image is tiled at (pixels, in tiles of the 32 px the vision tower takes).
+LLAVA_NEXT_GRID = [[32, 64], [64, 32], [64, 64]]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_llava_next(root: str) -> Path:
+    """Save a tiny LLaVA-NeXT (CLIP tower of 32 px images in 8 px patches + the demo Llama) with its processor
+    (PIL image processor: anyres tiling over :data:`LLAVA_NEXT_GRID` plus the whole image, the LLaVA chat template).
+
+    The tower, projector and the image newline embedding are random, the projector's output scaled as LLaVA's.
+    """
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    out = Path(root) / "tiny-llava-next"
+    if (out / "config.json").is_file():
+        return out
+    text_dir = demo.causal_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    base = LlamaForCausalLM.from_pretrained(text_dir)
+    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
+        patch_size=PATCH, projection_dim=32,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1, image_grid_pinpoints=LLAVA_NEXT_GRID,
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2, projector_hidden_act="gelu", tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        embed = base.get_input_embeddings().weight
+        model.get_input_embeddings().weight[: embed.shape[0]] = embed
+        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
+        model.lm_head.weight[embed.shape[0] :] = 0.0
+        loaded = model.model.language_model.load_state_dict(
+            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
+        )
+        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
+        model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
+    model.save_pretrained(out)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=LLAVA_NEXT_GRID,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    base.generation_config.save_pretrained(out)
+    return out

@@ -2,9 +2,13 @@
 
 A prompt with images (:class:`ImagePrompt`) is prefilled from input embeddings: the vision tower and the
 projector run on the device, their features replace the image tokens' embeddings (optimum-rbln's own
-``_preprocess_prefill``), and the language model's prefill graph fills one batch row. Decode steps are the
-language model's, over all rows at once, exactly as for a causal LM. Text-only prompts prefill from
-token ids.
+``_preprocess_prefill``, or the backend's where it keeps features per image), and the language model's prefill
+graph fills one batch row. Decode steps are the language model's, over all rows at once, exactly as for a causal
+LM. Text-only prompts prefill from token ids. Three kinds of bundle (:func:`vision_language_backend`):
+
+- :class:`VisionLanguageBackend`: a language model submodule (LLaVA, LLaVA-NeXT, Idefics3);
+- :class:`ImagePrefillBackend`: one whose image tokens have a prefill graph of their own (Gemma3);
+- :class:`MultimodalRopeBackend`: the model is the decoder, with 3-D rotary positions (Qwen2-VL, Qwen2.5-VL).
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from rbln_eval.core.programs import Open, Program
 
 #: Image feature sets kept per backend (most recently used).
 FEATURE_CACHE = 16
+#: Architectures whose image features the backend computes itself, once per image content.
+FEATURE_TYPES = ("llava", "gemma3")
+#: optimum-rbln's Gemma3 image features, which :class:`ImagePrefillBackend` does not use (see there).
+GEMMA3_IMAGE_FEATURES = "optimum/rbln/transformers/models/gemma3/modeling_gemma3.py:get_image_features"
 
 
 class ImagePrompt(Sequence[int]):
@@ -44,12 +52,15 @@ class ImagePrompt(Sequence[int]):
 
 
 def vision_language_backend(model: Any) -> "CausalBackend":
-    """The backend of a loaded vision-language model: its language model is a submodule, or the model itself
-    is the decoder (M-RoPE)."""
+    """The backend of a loaded vision-language model: its language model is a submodule (with an image prefill
+    graph: Gemma3), or the model itself is the decoder (M-RoPE)."""
     submodules = model.rbln_config.submodules
-    if any(name in submodules for name in TEXT_SUBMODULES):
-        return VisionLanguageBackend(model)
-    return MultimodalRopeBackend(model)
+    if not any(name in submodules for name in TEXT_SUBMODULES):
+        return MultimodalRopeBackend(model)
+    text = next(getattr(model.rbln_config, name) for name in TEXT_SUBMODULES if name in submodules)
+    if getattr(text, "use_image_prefill", False):
+        return ImagePrefillBackend(model)
+    return VisionLanguageBackend(model)
 
 
 def with_images(
@@ -83,23 +94,17 @@ class VisionLanguageBackend(CausalBackend):
     def embed(self, prompt: ImagePrompt) -> torch.Tensor:
         """Input embeddings ``[1, L, hidden]`` of ``prompt``, image features in place of its image tokens.
 
-        LLaVA's image features are kept per image content (the choices of one multiple-choice question share
-        its image); other architectures go through optimum-rbln's ``_preprocess_prefill`` every time.
+        LLaVA's and Gemma3's image features are kept per image content (the choices of one multiple-choice
+        question share its image); other architectures go through optimum-rbln's ``_preprocess_prefill`` every time.
         """
         input_ids = torch.tensor([prompt.tokens], dtype=torch.long)
         with torch.no_grad():
-            if self.model_type != "llava":
+            if self.model_type not in FEATURE_TYPES:
                 self.counters.add("vision", prompt.images, prompt.images)
                 return self.vlm._preprocess_prefill(input_ids=input_ids, **prompt.image_inputs)
             features = self._features.get(prompt.key) if prompt.key else None
             if features is None:
-                config = self.vlm.config
-                features = self.vlm.get_image_features(
-                    pixel_values=prompt.image_inputs["pixel_values"],
-                    vision_feature_layer=config.vision_feature_layer,
-                    vision_feature_select_strategy=config.vision_feature_select_strategy,
-                    image_sizes=prompt.image_inputs.get("image_sizes"),
-                )
+                features = self.image_features(prompt.image_inputs)
                 self.counters.add("vision", prompt.images, prompt.images)
                 if prompt.key:
                     self._features[prompt.key] = features
@@ -107,13 +112,29 @@ class VisionLanguageBackend(CausalBackend):
                         self._features.popitem(last=False)
             else:
                 self._features.move_to_end(prompt.key)
-            embeds = self.vlm.get_input_embeddings()(input_ids)
             mask = (input_ids == self.vlm.config.image_token_index).unsqueeze(-1)
+            embeds = self.token_embeddings(input_ids)
             if int(mask.sum()) != features.numel() // features.shape[-1]:
                 raise ValueError(
                     f"the prompt has {int(mask.sum())} image tokens for {features.numel() // features.shape[-1]} image features"
                 )
             return embeds.masked_scatter(mask.expand_as(embeds), features.to(embeds.dtype))
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The language model's embeddings of ``input_ids``; ids beyond its vocabulary (an image token outside
+        it) embed as id 0, as optimum-rbln's Gemma3 ``_preprocess_prefill`` does — image features replace them."""
+        embedding = self.vlm.get_input_embeddings()
+        return embedding(input_ids.masked_fill(input_ids >= embedding.num_embeddings, 0))
+
+    def image_features(self, image_inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The projected features of a prompt's images (LLaVA: optimum-rbln's ``get_image_features``)."""
+        config = self.vlm.config
+        return self.vlm.get_image_features(
+            pixel_values=image_inputs["pixel_values"],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            image_sizes=image_inputs.get("image_sizes"),
+        )
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
         if not isinstance(tokens, ImagePrompt):
@@ -125,10 +146,11 @@ class VisionLanguageBackend(CausalBackend):
 
 
 class MultimodalRopeBackend(CausalBackend):
-    """Qwen2-VL: the model is the decoder; positions are 3-D (M-RoPE) with a per-row offset after the prompt.
+    """Qwen2-VL, Qwen2.5-VL: the model is the decoder; positions are 3-D (M-RoPE) with a per-row offset after
+    the prompt.
 
-    Prefill computes each row's position embeddings and its ``rope_delta`` (optimum-rbln's
-    ``_preprocess_prefill``); a decode step at position p of a row uses M-RoPE position p + delta there.
+    Prefill computes the row's input embeddings, position embeddings and ``rope_delta``
+    (:meth:`prefill_inputs`); a decode step at position p of a row uses M-RoPE position p + delta there.
     """
 
     reuses_prefix = False  # each prefill computes the row's positions from the whole prompt
@@ -139,19 +161,35 @@ class MultimodalRopeBackend(CausalBackend):
         self.rope_deltas = [0] * self.batch_size
         self.dtype = model.rbln_config.dtype
 
+    def prefill_inputs(self, input_ids: torch.Tensor, images: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Input embeddings (image features in place of the image tokens), position embeddings and rope delta of
+        one prompt ``[1, L]``, as transformers computes them.
+
+        optimum-rbln's ``_preprocess_prefill`` does the same for a batch, but counts each row's images by their
+        ``<|vision_start|>`` tokens; a prompt whose images are bare image tokens (hf-multimodal's default
+        placeholder) would get none. One row holds all ``images``, so they are taken as they are.
+        """
+        model = self.model
+        embeds = model.embed_tokens(input_ids)
+        image_tokens = input_ids == model.config.image_token_id
+        grid = images.get("image_grid_thw")
+        if images.get("pixel_values") is not None:
+            features = model.visual(images["pixel_values"], grid_thw=grid)
+            if int(image_tokens.sum()) != features.shape[0]:
+                raise ValueError(f"the prompt has {int(image_tokens.sum())} image tokens for {features.shape[0]} image features")
+            embeds = embeds.masked_scatter(image_tokens.unsqueeze(-1).expand_as(embeds), features.to(embeds.dtype))
+        position_ids, deltas = model._get_rope_index_func(input_ids, image_tokens.int(), grid, None)
+        return embeds, model._get_position_embeddings(embeds, position_ids), int(deltas.flatten()[0])
+
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
         cache_position = self.prefill_positions(len(tokens))
         input_ids = torch.tensor([list(tokens)], dtype=torch.long)
         mask = torch.ones_like(input_ids)
         images = tokens.image_inputs if isinstance(tokens, ImagePrompt) else {}
         with torch.no_grad():
-            embeds, position_embed, deltas = self.model._preprocess_prefill(
-                input_ids, mask, images.get("pixel_values"), None, images.get("image_grid_thw"), None,
-                mm_token_type_ids=images.get("mm_token_type_ids"),
-            )
+            embeds, position_embed, self.rope_deltas[row] = self.prefill_inputs(input_ids, images)
         if isinstance(tokens, ImagePrompt):
             self.counters.add("vision", tokens.images, tokens.images)
-        self.rope_deltas[row] = int(deltas.flatten()[0])
         output = self.model.prefill_decoder(
             inputs_embeds=embeds, attention_mask=mask[0], cache_position=cache_position, batch_idx=row,
             position_embed=position_embed,
@@ -170,5 +208,69 @@ class MultimodalRopeBackend(CausalBackend):
                 ids = torch.full((3, 1, 1), position + self.rope_deltas[row], dtype=torch.long)
                 rows.append(self.model._get_position_embeddings(torch.zeros(1, dtype=self.dtype), ids))
         output = self.decoder(inputs_embeds=embeds, cache_position=cache_position, position_embed=torch.cat(rows, dim=1))
+        self.counters.add("decode", 1, self.batch_size)
+        return output.logits[:, -1, :]
+
+
+class ImagePrefillBackend(VisionLanguageBackend):
+    """Gemma3: image tokens are prefilled by their own graph (bidirectional among them), text by the text graph.
+
+    optimum-rbln packs the prefill chunks of a prompt one after the other in its row's KV cache, and pads where a
+    chunk would cross a cache partition: the row's cache holds ``padded_cache_lengths`` more slots than the
+    prompt has tokens. A decode step at position p of the row writes slot p + padding (its rotary position stays
+    p), and attends to the slots the prefill filled (its attention mask) and those its steps wrote since.
+
+    The image features are computed here (:meth:`image_features`): optimum-rbln's ``get_image_features``
+    (:data:`GEMMA3_IMAGE_FEATURES`) runs the projector one image at a time while it is compiled for the batch
+    size, and gives the vision tower one output buffer while a tower with its pooling head has two outputs.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.padding = [0] * self.batch_size
+        self.prompt_slots = [0] * self.batch_size  # cache slots each row's prefill filled (padding included)
+        self.prefill_masks = torch.zeros_like(self.decoder.dec_attn_mask)  # [batch, max_seq_len]
+
+    def image_features(self, image_inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[images, tokens per image, hidden]``: the vision tower one image at a time, the projector on up to its
+        compiled batch of images at a time (padded)."""
+        pixels = image_inputs["pixel_values"].to(self.vlm.rbln_config.vision_tower.dtype)
+        tower = self.vlm.rbln_submodules[0]
+        hidden = torch.cat([tower(pixels[i : i + 1]).last_hidden_state for i in range(pixels.shape[0])])
+        projector, rows = self.vlm.model[0], int(self.vlm.rbln_config.batch_size)
+        features = []
+        for start in range(0, hidden.shape[0], rows):
+            part = hidden[start : start + rows].to(self.vlm.rbln_config.dtype)
+            padded = torch.cat([part, part.new_zeros(rows - part.shape[0], *part.shape[1:])])
+            features.append(projector(padded)[: part.shape[0]])
+        return torch.cat(features)
+
+    def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
+        cache_position = self.prefill_positions(len(tokens))
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long)
+        with torch.no_grad():
+            embeds = self.embed(tokens) if isinstance(tokens, ImagePrompt) else self.token_embeddings(input_ids)
+        token_types = (input_ids == self.vlm.config.image_token_index).int()
+        output = self.model.prefill_decoder(
+            inputs_embeds=embeds, attention_mask=torch.ones(len(tokens), dtype=torch.long), cache_position=cache_position,
+            batch_idx=row, token_type_ids=token_types,
+        )
+        self.padding[row] = int(output.padded_cache_lengths)
+        self.prompt_slots[row] = len(tokens) + self.padding[row]
+        self.prefill_masks[row] = output.attention_mask.reshape(-1)
+        return self.prefill_logits(output, len(tokens))
+
+    def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
+        slots = [position + padding if on else 0 for position, padding, on in zip(positions, self.padding, active)]
+        if max(slots) >= self.max_length:
+            raise ValueError(f"decode cache slot {max(slots)} is beyond the compiled length {self.max_length}")
+        mask = self.prefill_masks.clone()
+        for row, slot in enumerate(slots):
+            mask[row, self.prompt_slots[row] : slot + 1] = 1
+        input_ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)
+        output = self.decoder(
+            input_ids=input_ids, cache_position=torch.tensor(slots, dtype=torch.int32).unsqueeze(1),
+            position_ids=torch.tensor(list(positions), dtype=torch.int32).unsqueeze(1), attention_mask=mask,
+        )
         self.counters.add("decode", 1, self.batch_size)
         return output.logits[:, -1, :]

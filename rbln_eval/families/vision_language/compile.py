@@ -28,8 +28,20 @@ _TOP_IMAGE_FIELDS = (
 )
 #: Architectures whose vision tower is compiled for a given number of patches per image (``visual.max_seq_len``).
 PATCHES_PER_IMAGE_TYPES = ("qwen2_vl", "qwen2_5_vl")
+#: Architectures whose language model prefills image tokens with a graph of their own (optimum-rbln's image prefill).
+IMAGE_PREFILL_TYPES = ("gemma3",)
+#: Where optimum-rbln keeps the hidden state of the last prefill position only, for models with local attention.
+LOCAL_ATTENTION_LOGITS = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:DecoderOnlyForCausalLM.forward"
 #: Architectures whose bundles rbln-eval scores with images (the others compile and load).
-SCORED_VLM_TYPES = ("llava",)
+SCORED_VLM_TYPES = ("llava", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3")
+#: Where optimum-rbln sizes a LLaVA's image buffers at run time (not from the rbln_config): the vision output as
+#: the patches plus a CLS position, the projector's output as the patches only — while ``_update_rbln_config``
+#: compiles the projector for the patches plus CLS under the "full" strategy.
+LLAVA_IMAGE_BUFFERS = "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features"
+#: LLaVA vision towers whose output is the patches only (no CLS position), by ``vision_config.model_type``.
+NO_CLS_TOWERS = {"siglip_vision_model": "SigLIP"}
+#: LLaVA vision towers whose buffers follow ``vision_tower.max_image_size`` instead (padded patches).
+PADDED_TOWERS = ("pixtral",)
 
 
 def supported_vlm_types() -> list[str]:
@@ -88,8 +100,60 @@ def default_max_seq_len(config: Any) -> int | None:
     return int(value) if value else None
 
 
+def sliding_window(config: Any) -> int | None:
+    """The window of the language model's sliding-window layers as optimum-rbln compiles them (``None``: none).
+
+    Their KV cache keeps the last ``window`` positions in order, not by position: once a row has passed the
+    window, a decode step cannot go back to an earlier position.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    all_global = set(getattr(text, "layer_types", None) or ()) == {"full_attention"}
+    if window is None or not getattr(text, "use_sliding_window", True) or all_global:
+        return None
+    return int(window)
+
+
+def refuse_unrunnable(config: Any) -> None:
+    """Raise :class:`ConfigError` for a LLaVA that optimum-rbln compiles but whose first image would fail.
+
+    optimum-rbln sizes the vision tower's and the projector's output buffers from the model's config alone, so
+    no rbln_config changes them: a tower without a CLS position, or the "full" strategy keeping it, cannot run.
+    """
+    if getattr(config, "model_type", None) != "llava":
+        return
+    import optimum.rbln
+
+    vision = config.vision_config
+    tower = getattr(vision, "model_type", None)
+    if tower in PADDED_TOWERS:
+        return
+    version = optimum.rbln.__version__
+    patches = (vision.image_size // vision.patch_size) ** 2
+    if tower in NO_CLS_TOWERS:
+        name = NO_CLS_TOWERS[tower]
+        raise ConfigError(
+            f"a LLaVA with a {name} vision tower ({tower}): optimum-rbln {version} sizes the vision output for "
+            f"{patches} patches + a CLS position ({LLAVA_IMAGE_BUFFERS}), one more than the {patches} positions a "
+            f"{name} tower outputs, so the bundle would fail on its first image",
+            "use a checkpoint with a CLIP vision tower",
+        )
+    if config.vision_feature_select_strategy == "full":
+        kind = "CLIP" if tower == "clip_vision_model" else str(tower)
+        raise ConfigError(
+            f"vision_feature_select_strategy='full' with a {kind} tower: optimum-rbln {version} compiles the projector "
+            f"for {patches} patches + CLS but sizes its output for the {patches} patches only ({LLAVA_IMAGE_BUFFERS}), "
+            "so the CLS position does not fit",
+            "use a checkpoint with the 'default' strategy",
+        )
+
+
 def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
-    """Fill the default sequence length and record the image settings (``image``, key only)."""
+    """Fill the default sequence length and record the image settings (``image``, key only).
+
+    Refuses, before anything is compiled or stored, a model whose bundle could not run (:func:`refuse_unrunnable`).
+    """
+    refuse_unrunnable(config)
     model_type = getattr(config, "model_type", None)
     if model_type in PATCHES_PER_IMAGE_TYPES and not (rbln_config.get("visual") or {}).get("max_seq_len"):
         raise ConfigError(
@@ -102,8 +166,28 @@ def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
     length = default_max_seq_len(config)
     if length:
         text.setdefault("max_seq_len", length)
+    if model_type in IMAGE_PREFILL_TYPES:
+        image_prefill_settings(text, config)
     rbln_config["image"] = image_settings(config)
     return rbln_config
+
+
+def image_prefill_settings(text: dict[str, Any], config: Any) -> None:
+    """Gemma3's language model settings: its prefill chunk is an image's token count, and it keeps last logits.
+
+    optimum-rbln compiles the text and the image prefill graphs for one chunk size, the image's
+    (``mm_tokens_per_image``); and a prefill of a model with sliding-window layers returns the logits of its
+    last position only (:data:`LOCAL_ATTENTION_LOGITS`), so a full-logit bundle would fail on its first prompt.
+    """
+    import optimum.rbln
+
+    text.setdefault("prefill_chunk_size", config.mm_tokens_per_image)
+    if text.get("logits_to_keep") == 0:
+        raise ConfigError(
+            f"--logits all with {config.model_type}: optimum-rbln {optimum.rbln.__version__} returns one logit row per "
+            f"prefill chunk of a model with sliding-window layers ({LOCAL_ATTENTION_LOGITS})",
+            "compile it with --logits last",
+        )
 
 
 def image_settings(config: Any) -> dict[str, Any]:
@@ -157,15 +241,3 @@ def save_processor(model_id: str, directory: Path, load_kwargs: dict[str, Any], 
                 continue
             (directory / name).write_bytes(Path(path).read_bytes())
 
-
-def load_processor(path: Path) -> Any:
-    """The bundle's processor, or ``None`` when transformers cannot build it on this machine."""
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(str(path))
-    except (ImportError, OSError, ValueError, TypeError) as exc:
-        import logging
-
-        logging.getLogger(__name__).warning("the processor of %s cannot be built here: %s", path, exc)
-        return None

@@ -20,15 +20,19 @@ from typing import Any, Sequence
 from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
 from lm_eval.models.utils import flatten_image_list, replace_placeholders, resize_image
 
-from rbln_eval.core.programs import plan_loglikelihood
+from rbln_eval.core.programs import LoglikelihoodJob, plan_loglikelihood
 from rbln_eval.errors import ConfigError
 from rbln_eval.core.work import GenerateWork, Media, ScoreWork
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.util.values import as_bool, as_int
-from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, load_processor
+from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, sliding_window
+from rbln_eval.families.vision_language.processors import load_processor
 from rbln_eval.errors import MultimodalRequestError
 
 logger = logging.getLogger(__name__)
+
+#: Processor outputs with one value per token (not image inputs).
+TOKEN_FIELDS = ("attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
 def image_fingerprint(images: Sequence[Any]) -> str:
@@ -75,7 +79,7 @@ class MultimodalEncoding:
         if processor is None:
             raise ConfigError(
                 f"the processor of bundle {self.bundle.digest[:12]} cannot be built on this machine "
-                "(see the warning above; Qwen2-VL's needs torchvision): install what it names"
+                "(see the warning above): install what it names"
             )
         self.processor = processor
         self.config = config
@@ -89,6 +93,9 @@ class MultimodalEncoding:
         if self.image_max_side and (self.image_width or self.image_height):
             raise ConfigError("pass image_max_side or image_width/image_height, not both")
         self.chat_applied = False
+        window = sliding_window(config)
+        # decode steps may go back to the context's end (the next continuation) only while the window holds it all
+        self.steps_go_back = window is None or self.max_length <= window
         if image_string:
             self.image_token = image_string
         else:
@@ -125,12 +132,25 @@ class MultimodalEncoding:
             images = [img.convert("RGB") for img in images]
         return images
 
+    def _with_image_tokens(self, text: str) -> str:
+        """``text`` with its ``<image>`` placeholders as the model's image token, as hf-multimodal's generation
+        encodes them (a chat template has put images in their place already). Log-likelihood contexts too: the
+        processor of a model whose image token is not ``<image>`` (Qwen2-VL's ``<|image_pad|>``) finds none else."""
+        if self.chat_applied:
+            return text
+        return replace_placeholders(text, DEFAULT_IMAGE_PLACEHOLDER, self.image_token, self.max_images)
+
     def _encode(self, text: str, images: list[Any]) -> tuple[list[int], dict[str, Any]]:
-        """Token ids and image tensors of one prompt, from the processor (as hf-multimodal batches of one)."""
+        """Token ids and image tensors of one prompt, from the processor (as hf-multimodal batches of one).
+
+        The processor's per-token fields (:data:`TOKEN_FIELDS`) are dropped: a prefill's tokens may be a prefix
+        of the encoded text (a context and its continuation), and the backend derives them from its own tokens.
+        """
         batch = flatten_image_list([images]) if self.model_type == "llava" else [images]
         encoding = self.processor(images=batch, text=[text], return_tensors="pt")
         tokens = encoding.pop("input_ids")[0].tolist()
-        encoding.pop("attention_mask", None)
+        for name in TOKEN_FIELDS:
+            encoding.pop(name, None)
         return tokens, dict(encoding)
 
     def _check_fits(self, tokens: Sequence[int], room: int, what: str) -> None:
@@ -147,6 +167,7 @@ class MultimodalEncoding:
             if context == "":
                 raise MultimodalRequestError("a multimodal loglikelihood request needs a non-empty context")
             images = self._images(aux)
+            context = self._with_image_tokens(context)
             # as hf-multimodal's pair encoding: trailing spaces of the context move to the continuation
             spaces = len(context) - len(context.rstrip())
             if spaces:
@@ -165,7 +186,11 @@ class MultimodalEncoding:
         owners: list[tuple[int, ...]] = []
         for members in groups.values():  # requests share a prefill only when their images are the same
             pairs = [(encoded[i][0], encoded[i][1]) for i in members]
-            for job in plan_loglikelihood(pairs, full_logits=self.shape.full_logits):
+            if self.steps_go_back:
+                jobs = plan_loglikelihood(pairs, full_logits=self.shape.full_logits)
+            else:  # one continuation per prefill: its decode steps only go forward
+                jobs = [LoglikelihoodJob(tuple(tokens), (m,)) for m, (tokens, _) in enumerate(pairs)]
+            for job in jobs:
                 indices = tuple(members[m] for m in job.members)
                 _, _, image_inputs, count, key = encoded[indices[0]]
                 continuations = tuple(tuple(encoded[i][1]) for i in indices)
@@ -182,9 +207,7 @@ class MultimodalEncoding:
             if not isinstance(gen_kwargs, dict):
                 raise MultimodalRequestError(f"generation arguments must be a dict, got {type(gen_kwargs).__name__}")
             images = self._images(aux)
-            text = context
-            if not self.chat_applied:
-                text = replace_placeholders(context, DEFAULT_IMAGE_PLACEHOLDER, self.image_token, self.max_images)
+            text = self._with_image_tokens(context)
             until, max_gen = self._greedy_settings(gen_kwargs)  # type: ignore[attr-defined]
             tokens, image_inputs = self._encode(text, images)
             self._check_fits(tokens, self.max_length - max_gen, f"a generation context (with room for {max_gen} new tokens)")
@@ -217,7 +240,7 @@ class VisionLanguageLM(MultimodalEncoding, BundleLM):
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(self.bundle.path))
-        self._setup_multimodal(load_processor(self.bundle.path), config, **multimodal)
+        self._setup_multimodal(load_processor(self.bundle.path, config.model_type), config, **multimodal)
 
     # ---- loglikelihood -------------------------------------------------------------------------------
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

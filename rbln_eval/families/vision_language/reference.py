@@ -2,7 +2,9 @@
 
 ``hf-multimodal`` refuses multimodal ``loglikelihood`` requests; :class:`HFMultimodalReference` scores them
 with one transformers forward per request over hf-multimodal's own encoding of the context, continuation
-and images, so multiple-choice image tasks can be compared too. Everything else is ``hf-multimodal``'s.
+and images, so multiple-choice image tasks can be compared too. Its processor is the one ``rbln-vlm`` builds
+(:func:`~rbln_eval.families.vision_language.processors.load_processor`: transformers' own where it can be built,
+Qwen2-VL's without its video processor where torchvision is missing). Everything else is ``hf-multimodal``'s.
 """
 
 from __future__ import annotations
@@ -11,12 +13,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from lm_eval.models.hf_vlms import HFMultimodalLM
+from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
+from lm_eval.models.utils import replace_placeholders
 from tqdm import tqdm
+
+from rbln_eval.families.vision_language.processors import load_processor
 
 
 class HFMultimodalReference(HFMultimodalLM):
     """``hf-multimodal`` plus multimodal log-likelihoods (one forward per request, batch of one)."""
+
+    def _create_tokenizer(
+        self, pretrained: Any, tokenizer: Any, revision: str | None = "main", trust_remote_code: bool | None = False, **kwargs: Any
+    ) -> None:
+        """The processor ``rbln-vlm`` builds for the same model, and its tokenizer."""
+        if tokenizer or not isinstance(pretrained, str):
+            return super()._create_tokenizer(pretrained, tokenizer, revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+        options = {"revision": revision, "trust_remote_code": trust_remote_code, **self.pixels}
+        self.processor = load_processor(pretrained, getattr(self.config, "model_type", None), **options)
+        if self.processor is None:
+            raise RuntimeError(f"the processor of {pretrained} cannot be built on this machine (see the warning above)")
+        self.tokenizer = self.processor.tokenizer
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         if not requests or len(requests[0].args) < 3:
@@ -24,9 +41,12 @@ class HFMultimodalReference(HFMultimodalLM):
         results = []
         for context, continuation, aux in tqdm([r.args for r in requests], disable=disable_tqdm, desc="hf-multimodal loglikelihood"):
             images = list(aux["visual"])[: self.max_images]
-            context_enc, continuation_enc, image_enc = self._encode_multimodal_pair(context, continuation, images)
+            text = context
+            if not self.chat_applied:  # <image> placeholders as the model's image token, as rbln-vlm's contexts
+                text = replace_placeholders(context, DEFAULT_IMAGE_PLACEHOLDER, self.image_token, self.max_images)
+            context_enc, continuation_enc, image_enc = self._encode_multimodal_pair(text, continuation, images)
             whole = list(context_enc) + list(continuation_enc)
-            inputs = {k: torch.as_tensor(np.asarray(v)).to(self.device, self.model.dtype) for k, v in image_enc.items()}
+            inputs = {k: self._image_tensor(v) for k, v in image_enc.items()}
             with torch.no_grad():
                 logits = self.model(input_ids=torch.tensor([whole], device=self.device), **inputs).logits[0]
             scored = torch.log_softmax(logits[len(context_enc) - 1 : len(whole) - 1].float(), dim=-1)
@@ -36,6 +56,12 @@ class HFMultimodalReference(HFMultimodalLM):
             results.append((logprob, greedy))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), (logprob, greedy))
         return results
+
+    def _image_tensor(self, value: Any) -> torch.Tensor:
+        """One processor output as a model input: floating values in the model's dtype, integers (grids, token
+        types) as they are."""
+        tensor = torch.as_tensor(np.asarray(value)).to(self.device)
+        return tensor.to(self.model.dtype) if tensor.is_floating_point() else tensor
 
 
 def multimodal_reference_lm(pretrained: str, revision: str | None, device: str, max_length: int | None = None) -> Any:

@@ -1,0 +1,126 @@
+"""LLaVA bundles that optimum-rbln would compile but could not run are refused at compile time.
+
+optimum-rbln's ``RBLNLlavaForConditionalGeneration.get_image_features`` sizes its run-time buffers from the
+model's config alone: the vision output as the patches plus a CLS position, the projector's output as the
+patches only, while ``_update_rbln_config`` compiles the projector for the patches plus CLS under the "full"
+strategy. A CLIP tower with the "full" strategy, and a SigLIP tower (no CLS), therefore fail on their first
+image whatever rbln_config is passed. ``rbln-eval compile`` refuses both in one line before the store is
+touched; compiled with optimum-rbln directly, each fails exactly where the refusal says, on graphs that are
+themselves right.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+import rbln_eval.sim as sim
+from conftest import tree_snapshot
+from rbln_eval.api import CompileOptions
+from rbln_eval.build.workflow import plan_compile
+from rbln_eval.families.vision_language.compile import text_submodule, vlm_rbln_config
+from remotehelpers import cli, one_line_exit_2
+from vlmmodels import make_image, tiny_llava, tiny_llava_siglip
+
+sim.activate()
+
+#: name: (model builder, start of the refusal, the run-time failure, the projector's failure on the tower's output)
+CASES: dict[str, tuple[Callable[[str], Path], str, str, str | None]] = {
+    "clip-full": (
+        lambda root: tiny_llava(root, strategy="full", image_size=48, patch=16),
+        "error: vision_feature_select_strategy='full' with a CLIP tower: optimum-rbln 0.12.0 compiles the projector "
+        "for 9 patches + CLS but sizes its output for the 9 patches only "
+        "(optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features), so the CLS position does "
+        "not fit: use a checkpoint with the 'default' strategy",
+        "out buffer shape [1, 9, 128] does not match output [1, 10, 128]",
+        None,
+    ),
+    "siglip": (
+        tiny_llava_siglip,
+        "error: a LLaVA with a SigLIP vision tower (siglip_vision_model): optimum-rbln 0.12.0 sizes the vision "
+        "output for 16 patches + a CLS position "
+        "(optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features), one more than the 16 "
+        "positions a SigLIP tower outputs, so the bundle would fail on its first image: use a checkpoint with a "
+        "CLIP vision tower",
+        "out buffer shape [1, 17, 32] does not match output [1, 16, 32]",
+        "input 'image_features' of 'compiled_model' has shape [1, 16, 32], compiled for [1, 17, 32]",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = str(tmp_path_factory.mktemp("vlm-refused"))
+    return {name: build(root) for name, (build, *_) in CASES.items()}
+
+
+def everything(root: Path) -> tuple[dict[str, bytes], list[str]]:
+    """Every file with its bytes, and every directory, under ``root``."""
+    return tree_snapshot(root), sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compile_refuses_in_one_line_and_stores_nothing(models: dict[str, Path], case: str, tmp_path: Path) -> None:
+    existing = tmp_path / "store"
+    (existing / "bundles").mkdir(parents=True)
+    (existing / "refs").mkdir()
+    (existing / "refs" / "keep").write_text("an earlier reference\n")
+    before = everything(existing)
+    fresh = tmp_path / "fresh-store"
+    for store in (existing, fresh):
+        result = cli("compile", str(models[case]), "--npu", "RBLN-CA25", "--store", str(store))
+        line = one_line_exit_2(result, CASES[case][1])
+        assert line == CASES[case][1]
+        assert result.stdout == ""
+    assert everything(existing) == before
+    assert not fresh.exists()
+
+
+def test_the_default_strategy_of_the_same_tower_still_plans(tmp_path: Path) -> None:
+    model_dir = tiny_llava(str(tmp_path), strategy="default", image_size=48, patch=16)
+    request = plan_compile(str(model_dir), CompileOptions(batch_size=1), npu="RBLN-CA25")
+    image = request.key.compile["image"]
+    expected = {
+        "model_type": "clip_vision_model", "image_size": 48, "patch_size": 16,
+        "vision_feature_select_strategy": "default", "image_seq_length": 9,
+    }
+    assert {name: image[name] for name in expected} == expected
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimum_rbln_itself_fails_where_the_refusal_says(models: dict[str, Path], case: str, tmp_path: Path) -> None:
+    """Compiled by optimum-rbln with the rbln_config rbln-eval would pass: right graphs, wrong run-time buffers."""
+    from optimum.rbln import RBLNAutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = models[case]
+    _, _, run_failure, projector_failure = CASES[case]
+    config = AutoConfig.from_pretrained(model_dir)
+    rbln_config: dict[str, Any] = {
+        **vlm_rbln_config(CompileOptions(batch_size=1, max_seq_len=64), text_submodule(config)), "npu": "RBLN-CA25",
+    }
+    model = RBLNAutoModelForImageTextToText.from_pretrained(
+        str(model_dir), export=True, rbln_config=rbln_config, model_save_dir=str(tmp_path / "bundle")
+    )
+    hf = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pixels = AutoProcessor.from_pretrained(model_dir)(images=[make_image(3)], text=["<image>"], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        with pytest.raises(ValueError) as failure:
+            model.get_image_features(
+                pixel_values=pixels, vision_feature_layer=-1, vision_feature_select_strategy=config.vision_feature_select_strategy
+            )
+        assert str(failure.value) == run_failure
+        # the vision graph gives transformers' positions exactly
+        selected = hf.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        compiled = model.rbln_submodules[0](pixels, output_hidden_states=True).hidden_states[-1]
+        assert compiled.shape == selected.shape and torch.equal(compiled, selected)
+        projector = model.model[0]  # compiled for the patches + CLS ("full")
+        if projector_failure is None:
+            assert torch.equal(projector(compiled), hf.model.multi_modal_projector(selected))
+        else:
+            with pytest.raises(ValueError) as failure:
+                projector(compiled)
+            assert str(failure.value) == projector_failure
