@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from rbln_eval.families.base import Family
+from rbln_eval.families.registry import families, register, unregister
+from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES
+
 REPO = Path(__file__).resolve().parent.parent
 RBLN_STAT_JSON = Path(__file__).parent / "data" / "rbln_stat.json"
 SECRET = "hf_doctorTestTokenThatMustNeverBePrinted"
@@ -49,6 +53,17 @@ def test_doctor_without_npu(store: Path) -> None:
     assert "Hub token: present, from environment (HF_TOKEN)" in out
     for package in ("optimum-rbln", "torch", "transformers", "lm-eval"):
         assert f"  {package}" in out
+    # without the rebel SDK optimum-rbln lists nothing; the verified architectures are rbln-eval's own list
+    assert_families_line(out, f"image-text-to-text (verified: {', '.join(SCORED_VLM_TYPES)})")
+
+
+def assert_families_line(out: str, vision_language: str) -> None:
+    """The one ``families:`` line: the vision-language entry as given, every other registered family by name."""
+    lines = [line for line in out.splitlines() if line.startswith("families: ")]
+    assert len(lines) == 1, out
+    assert vision_language in lines[0]
+    others = lines[0].removeprefix("families: ").replace(vision_language, "").split(", ")
+    assert sorted(name for name in others if name) == sorted(f.name for f in families() if f.name != "image-text-to-text")
 
 
 def test_doctor_on_the_simulated_node(store: Path) -> None:
@@ -66,6 +81,46 @@ def test_doctor_on_the_simulated_node(store: Path) -> None:
     assert data["toolchain"]["rebel-compiler"].endswith("+sim")
     assert data["hub_token"] == {"present": True, "source": "environment (HF_TOKEN)"}
     assert data["remotes"] == [{"name": "team", "kind": "dir", "location": str(store.parent / "shared")}]
+    # the registry's families in detection order, each with what optimum-rbln compiles and what rbln-eval verifies
+    assert data["families"] == [
+        {"name": f.name, "compiled": f.supported_types(), "verified": f.verified_types()} for f in families()
+    ]
+    by_name = {f["name"]: f for f in data["families"]}
+    vision_language = by_name.pop("image-text-to-text")
+    assert vision_language["verified"] == list(SCORED_VLM_TYPES) and "llava_next" in vision_language["verified"]
+    assert set(vision_language["verified"]) < set(vision_language["compiled"])
+    assert all(f["verified"] == f["compiled"] and f["compiled"] for f in by_name.values())
+    text = doctor("-m", "rbln_eval", "doctor", "--store", str(store), env={"RBLN_EVAL_SIMULATE": "1", "PATH": os.defpath}).stdout
+    compiled = len(vision_language["compiled"])
+    assert_families_line(text, f"image-text-to-text (verified: {', '.join(SCORED_VLM_TYPES)}; optimum-rbln compiles {compiled})")
+
+
+class PartlyVerifiedFamily(Family):
+    """A toy family that verifies one of the three types it compiles."""
+
+    name = "toy-partly-verified"
+
+    def supported_types(self) -> list[str]:
+        return ["alpha", "beta", "gamma"]
+
+    def verified_types(self) -> list[str]:
+        return ["beta"]
+
+
+def test_doctor_lists_any_family_through_the_registry(store: Path) -> None:
+    """Doctor names no family itself: a family registered like a plugin shows up with its verified types."""
+    from rbln_eval.execution.doctor import collect, families_line
+    from rbln_eval.execution.devices import DeviceReport
+    from rbln_eval.store import Store
+
+    register(PartlyVerifiedFamily())
+    try:
+        data = collect(Store(store), DeviceReport())
+    finally:
+        unregister(PartlyVerifiedFamily.name)
+    toy = {"name": "toy-partly-verified", "compiled": ["alpha", "beta", "gamma"], "verified": ["beta"]}
+    assert toy in data["families"]
+    assert "toy-partly-verified (verified: beta; optimum-rbln compiles 3)" in families_line(data["families"])
 
 
 def test_check_npu_script_with_rbln_stat(store: Path, tmp_path: Path) -> None:

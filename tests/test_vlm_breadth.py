@@ -1,22 +1,25 @@
-"""Vision-language architectures beyond LLaVA scored through ``rbln-vlm``: Qwen2-VL, Qwen2.5-VL, Gemma3, Idefics3.
+"""Vision-language architectures beyond LLaVA scored through ``rbln-vlm``: Qwen2-VL, Qwen2.5-VL, Gemma3, Idefics3,
+LLaVA-NeXT.
 
 transformers' ``AutoProcessor`` builds none of Qwen2-VL's, Qwen2.5-VL's and Idefics3's processors without
 torchvision; ``rbln-vlm`` and its reference build them (:mod:`rbln_eval.families.vision_language.processors`). Each
 architecture is a tiny model (the demo Llama is the language model of Qwen's, :func:`vlmmodels.tiny_qwen_vl`, and
-of Idefics3's, which splits an image into tiles, :func:`vlmmodels.tiny_idefics3`; Gemma3 is random, with a
+of Idefics3's, which splits an image into tiles, :func:`vlmmodels.tiny_idefics3`, and of LLaVA-NeXT's, whose
+anyres processor tiles an image by its aspect ratio, :func:`vlmmodels.tiny_llava_next`; Gemma3 is random, with a
 sliding-window layer whose window is shorter than an image prompt, :func:`vlmmodels.tiny_gemma3`), compiled at
 batch 2, and is checked:
 
 - Qwen's image-only processor expands and tokenizes prompts as written out by hand (image processor, image pads,
   tokenizer);
 - on the device, logits within 1e-4 of transformers at every prefill and decode position (Gemma3: the last prefill
-  position, its bundles keep last logits), greedy tokens identical, image and text-only prompts decoding together;
+  position, its bundles keep last logits), greedy tokens identical, image and text-only prompts decoding together
+  (LLaVA-NeXT: a square image and a 2:1 one, whose tiles are unpadded);
 - ``rbln-vlm`` generations on the local image task identical to the reference's, plain and chat-templated: lm_eval's
   ``hf-multimodal`` over the same processor, i.e. transformers' own greedy ``generate`` on the same inputs;
 - multimodal log-likelihoods within 1e-4 of a transformers forward (and of the reference ``compare`` uses).
 
-A full-logit Gemma3 is refused at compile; LLaVA-NeXT (anyres tiling) runs on the device compiled by optimum-rbln,
-but is not scored yet (see its test).
+A full-logit Gemma3 is refused at compile. LLaVA-NeXT's bundle carries its image newline (optimum-rbln saves it as
+a bare tensor) as safetensors like every other torch artifact (:mod:`rbln_eval.store.tensors`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import torch
 
 from rbln_eval.api import CompileOptions, open_lm
 from rbln_eval.build.workflow import compile_bundle, plan_compile
-from rbln_eval.core.programs import Open, Step, run_programs
+from rbln_eval.core.programs import Open, Step, run_programs, with_media
+from rbln_eval.core.work import Media
 from rbln_eval.execution.loader import load_bundle
 from rbln_eval.families.causal.programs import causal_greedy_program
 from rbln_eval.families.registry import family_of
@@ -42,7 +46,6 @@ from rbln_eval.families.vision_language.backend import (
     ImagePrefillBackend,
     MultimodalRopeBackend,
     VisionLanguageBackend,
-    with_images,
 )
 from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES
 from rbln_eval.families.vision_language.lm import TOKEN_FIELDS
@@ -50,7 +53,7 @@ from rbln_eval.families.vision_language.processors import IMAGE_ONLY_PROCESSORS,
 from rbln_eval.families.vision_language.reference import HFMultimodalReference
 from rbln_eval.store import Store
 from remotehelpers import cli, one_line_exit_2
-from vlmmodels import QWEN_DEMO_IMAGE, image_tasks, make_image, tiny_gemma3, tiny_idefics3, tiny_llava_next, tiny_qwen_vl
+from vlmmodels import IMAGE_SIZE, QWEN_DEMO_IMAGE, image_tasks, make_image, tiny_gemma3, tiny_idefics3, tiny_llava_next, tiny_qwen_vl
 
 TOLERANCE = 1e-4
 NEW_TOKENS = 8
@@ -71,6 +74,10 @@ class Architecture:
     image_string: str
     backend: type
     lm_args: dict[str, str] = field(default_factory=dict)  # model_args of rbln-vlm and of the reference
+    image_sizes: tuple[tuple[int, int], ...] = ((48, 48), (48, 48))  # (width, height) of the two prompts' images
+
+    def images(self) -> list[Any]:
+        return [make_image(seed).resize(size) for seed, size in enumerate(self.image_sizes)]
 
     def prompts(self) -> list[str]:
         if self.image_string == "<|image_pad|>":
@@ -94,6 +101,10 @@ ARCHITECTURES = {
         {"image_string": "<start_of_image>"},
     ),
     "idefics3": Architecture(tiny_idefics3, CompileOptions(batch_size=2), "<image>", VisionLanguageBackend),
+    # anyres: the 2:1 image is tiled 2 x 1 and its features unpadded to its aspect ratio
+    "llava_next": Architecture(
+        tiny_llava_next, CompileOptions(batch_size=2), "<image>", VisionLanguageBackend, image_sizes=((48, 48), (48, 24)),
+    ),
 }
 
 
@@ -184,16 +195,17 @@ def _forward_inputs(encoding: Any, sequence: list[int]) -> dict[str, torch.Tenso
     return inputs
 
 
-def _with_images(program: Any, encoding: Any) -> Any:
+def _with_media(program: Any, encoding: Any) -> Any:
     """``program`` with the images of ``encoding``; a text-only prompt's as it is."""
     inputs = _image_inputs(encoding)
-    return with_images(program, inputs, 1) if inputs else program
+    return with_media(program, Media(inputs, 1, "")) if inputs else program
 
 
 def test_logits_and_greedy_tokens_match_transformers(env: dict[str, Any], hf: Any) -> None:
     """Two image prompts and a text-only one on the two rows (the third takes the row the first frees)."""
     processor = env["processor"]
-    encodings = [processor(images=[[make_image(seed)]], text=[text], return_tensors="pt") for seed, text in enumerate(env["arch"].prompts())]
+    pairs = zip(env["arch"].images(), env["arch"].prompts())
+    encodings = [processor(images=[[image]], text=[text], return_tensors="pt") for image, text in pairs]
     encodings.append(processor(text=["If a name is annotated in a function scope, then"], return_tensors="pt"))
     with torch.no_grad():
         greedy = [hf.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist() for enc in encodings]
@@ -202,7 +214,7 @@ def test_logits_and_greedy_tokens_match_transformers(env: dict[str, Any], hf: An
     backend = family_of(loaded.model_class).backend(loaded.model)
     assert type(backend) is env["arch"].backend and backend.batch_size == 2
     collected: list[list[torch.Tensor]] = [[] for _ in encodings]
-    run_programs(backend, [_with_images(_teacher_forced(greedy[i], enc["input_ids"].shape[1], collected[i]), enc) for i, enc in enumerate(encodings)])
+    run_programs(backend, [_with_media(_teacher_forced(greedy[i], enc["input_ids"].shape[1], collected[i]), enc) for i, enc in enumerate(encodings)])
     worst = 0.0
     for mine, ref, enc in zip(collected, reference, encodings):
         prompt = enc["input_ids"].shape[1]
@@ -211,7 +223,7 @@ def test_logits_and_greedy_tokens_match_transformers(env: dict[str, Any], hf: An
     print(f"{env['model_type']}: max |logit delta| {worst:.2e} ({'full' if backend.full_logits else 'last'} logits)")
     assert worst <= TOLERANCE, worst
     programs = [
-        _with_images(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), enc)
+        _with_media(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), enc)
         for enc in encodings
     ]
     answers = [ref[enc["input_ids"].shape[1] :] for enc, ref in zip(encodings, greedy)]
@@ -323,47 +335,11 @@ def test_a_full_logit_gemma3_is_refused_before_compiling(root: Path, tmp_path: P
     assert result.stdout == "" and not store.exists()
 
 
-def test_llava_next_anyres_runs_on_the_device_compiled_by_optimum_rbln(root: Path, tmp_path: Path) -> None:
-    """LLaVA-NeXT is not scored by ``rbln-vlm`` yet: rbln-eval's bundle store cannot carry its image newline
-    (``rbln_eval/store/tensors.py:convert_pickles`` takes ``{group: state_dict}`` entries; optimum-rbln's
-    ``RBLNLlavaNextForConditionalGeneration.save_torch_artifacts`` writes ``{"image_newline": tensor}``), so
-    ``rbln-eval compile`` fails after compiling. Compiled by optimum-rbln with rbln-eval's settings, the backend
-    runs it: anyres tiles of a square and of a 2:1 image (unpadded), logits within 1e-4, greedy tokens identical."""
-    from optimum.rbln import RBLNAutoModelForImageTextToText
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from rbln_eval.families.vision_language.backend import vision_language_backend
-    from rbln_eval.families.vision_language.compile import complete_config, text_submodule, vlm_rbln_config
-
-    model_dir = tiny_llava_next(str(root))
-    config = AutoConfig.from_pretrained(model_dir)
-    rbln_config = complete_config(vlm_rbln_config(CompileOptions(batch_size=2), text_submodule(config)), config)
-    del rbln_config["image"]  # key only
-    model = RBLNAutoModelForImageTextToText.from_pretrained(
-        str(model_dir), export=True, rbln_config={**rbln_config, "npu": "RBLN-CA25"}, model_save_dir=str(tmp_path / "bundle")
-    )
-    processor = load_processor(model_dir, "llava_next")
-    hf = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    images = [make_image(1), make_image(2).resize((48, 24))]
-    texts = ["<image> The evaluation rules for the", "Look at this: <image>\nThe result is then bound"]
-    encodings = [processor(images=[image], text=[text], return_tensors="pt") for image, text in zip(images, texts)]
-    assert [int(e["pixel_values"].shape[1]) for e in encodings] == [5, 3]  # 2 x 2 and 2 x 1 tiles + the whole image
-    with torch.no_grad():
-        greedy = [hf.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist() for enc in encodings]
-        reference = [hf(**_forward_inputs(enc, sequence)).logits[0] for sequence, enc in zip(greedy, encodings)]
-    backend = vision_language_backend(model)
-    assert type(backend) is VisionLanguageBackend
-    collected: list[list[torch.Tensor]] = [[] for _ in encodings]
-    programs = [
-        with_images(_teacher_forced(greedy[i], enc["input_ids"].shape[1], collected[i]), _image_inputs(enc), 1)
-        for i, enc in enumerate(encodings)
-    ]
-    run_programs(backend, programs)
-    worst = max(float((torch.stack(mine) - ref).abs().max()) for mine, ref in zip(collected, reference))
-    print(f"llava_next: max |logit delta| {worst:.2e}")
-    assert worst <= TOLERANCE, worst
-    programs = [
-        with_images(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), _image_inputs(enc), 1)
-        for enc in encodings
-    ]
-    assert run_programs(backend, programs) == [ref[enc["input_ids"].shape[1] :] for enc, ref in zip(encodings, greedy)]
+def test_llava_next_tiles_an_image_by_its_aspect_ratio(root: Path) -> None:
+    """The anyres processor: 2 x 2 tiles of a square image, 2 x 1 of a 2:1 one, each plus the whole image."""
+    processor = load_processor(tiny_llava_next(str(root)), "llava_next")
+    images = ARCHITECTURES["llava_next"].images()
+    encodings = [processor(images=[image], text=["<image>"], return_tensors="pt") for image in images]
+    assert [int(e["pixel_values"].shape[1]) for e in encodings] == [5, 3]
+    assert [e["image_sizes"].tolist() for e in encodings] == [[[48, 48]], [[24, 48]]]
+    assert all(e["pixel_values"].shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE) for e in encodings)

@@ -17,11 +17,11 @@ import torch
 
 from rbln_eval.families.registry import family_of
 from rbln_eval.api import CompileOptions
-from rbln_eval.core.programs import Open, Step, run_programs
+from rbln_eval.core.programs import Open, Step, run_programs, with_media
+from rbln_eval.core.work import Media
 from rbln_eval.families.causal.programs import causal_greedy_program
 from rbln_eval.identity import diff_keys
 from rbln_eval.execution.loader import IncompatibleBundleError, load_bundle
-from rbln_eval.families.vision_language.backend import with_images
 from rbln_eval.store import Bundle, Store
 from rbln_eval.build.workflow import compile_bundle, plan_compile
 from vlmmodels import make_image, tiny_llava
@@ -111,7 +111,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     for i, enc in enumerate(setup["encodings"]):
         length = enc["input_ids"].shape[1]
         program = _teacher_forced(backend, setup["greedy"][i], length, collected[i])
-        programs.append(with_images(program, {"pixel_values": enc["pixel_values"]}, 1))
+        programs.append(with_media(program, Media({"pixel_values": enc["pixel_values"]}, 1, "")))
     run_programs(backend, programs)
     worst = 0.0
     for mine, ref in zip(collected, setup["reference"]):
@@ -125,7 +125,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     for enc in setup["encodings"]:
         tokens = enc["input_ids"][0].tolist()
         program = causal_greedy_program(backend, tokens, NEW_TOKENS, lambda t: False, frozenset())
-        programs.append(with_images(program, {"pixel_values": enc["pixel_values"]}, 1))
+        programs.append(with_media(program, Media({"pixel_values": enc["pixel_values"]}, 1, "")))
     greedy = run_programs(backend, programs)
     for mine, enc, ref in zip(greedy, setup["encodings"], setup["greedy"]):
         assert mine == ref[enc["input_ids"].shape[1] :]

@@ -10,10 +10,11 @@ import torch
 
 from rbln_eval.families.registry import family_of
 from rbln_eval.api import CompileOptions
-from rbln_eval.core.programs import Open, Step, run_programs
+from rbln_eval.core.programs import Open, Step, run_programs, with_media
+from rbln_eval.core.work import Media
 from rbln_eval.families.causal.programs import causal_greedy_program
 from rbln_eval.execution.loader import load_bundle
-from rbln_eval.families.vision_language.backend import MultimodalRopeBackend, with_images
+from rbln_eval.families.vision_language.backend import MultimodalRopeBackend
 from rbln_eval.store import Store
 from rbln_eval.build.workflow import compile_bundle, plan_compile
 from vlmmodels import qwen_inputs, tiny_qwen2_vl
@@ -73,7 +74,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     images = [{k: enc[k] for k in ("pixel_values", "image_grid_thw")} for enc in setup["inputs"]]
     collected: list[list[torch.Tensor]] = [[] for _ in PROMPTS]
     programs = [
-        with_images(_teacher_forced(setup["greedy"][i], enc["input_ids"].shape[1], collected[i]), images[i], 1)
+        with_media(_teacher_forced(setup["greedy"][i], enc["input_ids"].shape[1], collected[i]), Media(images[i], 1, ""))
         for i, enc in enumerate(setup["inputs"])
     ]
     run_programs(backend, programs)
@@ -81,7 +82,7 @@ def test_logits_and_greedy_tokens_match_transformers(setup: dict[str, Any], batc
     print(f"qwen2_vl batch {batch}: max |logit delta| {worst:.2e}")
     assert worst <= 1e-4, worst
     programs = [
-        with_images(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), images[i], 1)
+        with_media(causal_greedy_program(backend, enc["input_ids"][0].tolist(), NEW_TOKENS, lambda t: False, frozenset()), Media(images[i], 1, ""))
         for i, enc in enumerate(setup["inputs"])
     ]
     for mine, enc, ref in zip(run_programs(backend, programs), setup["inputs"], setup["greedy"]):

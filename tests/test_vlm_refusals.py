@@ -1,10 +1,12 @@
-"""LLaVA bundles that optimum-rbln would compile but could not run are refused at compile time.
+"""LLaVA and LLaVA-NeXT bundles that optimum-rbln would compile but could not run are refused at compile time.
 
-optimum-rbln's ``RBLNLlavaForConditionalGeneration.get_image_features`` sizes its run-time buffers from the
-model's config alone: the vision output as the patches plus a CLS position, the projector's output as the
+optimum-rbln's ``RBLNLlavaForConditionalGeneration.get_image_features`` and
+``RBLNLlavaNextForConditionalGeneration.get_image_features`` (per anyres tile) size their run-time buffers from
+the model's config alone: the vision output as the patches plus a CLS position, the projector's output as the
 patches only, while ``_update_rbln_config`` compiles the projector for the patches plus CLS under the "full"
 strategy. A CLIP tower with the "full" strategy, and a SigLIP tower (no CLS), therefore fail on their first
-image whatever rbln_config is passed. ``rbln-eval compile`` refuses both in one line before the store is
+image whatever rbln_config is passed. The LLaVA-NeXT models are the LLaVA ones with an image newline and anyres
+tiles of the tower's image size (:func:`as_llava_next`). ``rbln-eval compile`` refuses both in one line before the store is
 touched; compiled with optimum-rbln directly, each fails exactly where the refusal says, on graphs that are
 themselves right.
 """
@@ -22,31 +24,93 @@ from conftest import tree_snapshot
 from rbln_eval.api import CompileOptions
 from rbln_eval.build.workflow import plan_compile
 from rbln_eval.families.vision_language.compile import text_submodule, vlm_rbln_config
+from rbln_eval.families.vision_language.processors import load_processor
 from remotehelpers import cli, one_line_exit_2
-from vlmmodels import make_image, tiny_llava, tiny_llava_siglip
+from vlmmodels import CHAT_TEMPLATE, make_image, tiny_llava, tiny_llava_siglip
 
 sim.activate()
 
-#: name: (model builder, start of the refusal, the run-time failure, the projector's failure on the tower's output)
-CASES: dict[str, tuple[Callable[[str], Path], str, str, str | None]] = {
-    "clip-full": (
-        lambda root: tiny_llava(root, strategy="full", image_size=48, patch=16),
+LLAVA_BUFFERS = "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features"
+LLAVA_NEXT_BUFFERS = "optimum/rbln/transformers/models/llava_next/modeling_llava_next.py:get_image_features"
+
+
+def as_llava_next(llava_dir: Path) -> Path:
+    """The LLaVA saved at ``llava_dir`` as a LLaVA-NeXT: the same tower, projector and language model, a seeded
+    image newline, and a processor tiling images (anyres) into tiles of the tower's image size."""
+    from transformers import (
+        AutoTokenizer,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    out = llava_dir.with_name(llava_dir.name.replace("tiny-llava", "tiny-llava-next", 1))
+    if (out / "config.json").is_file():
+        return out
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32)
+    config = llava.config
+    size = config.vision_config.image_size
+    grid = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    next_config = LlavaNextConfig(
+        vision_config=config.vision_config, text_config=config.text_config, image_token_index=config.image_token_index,
+        vision_feature_select_strategy=config.vision_feature_select_strategy, vision_feature_layer=-1,
+        image_grid_pinpoints=grid, image_seq_length=config.image_seq_length, projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(next_config).eval()
+    loaded = model.load_state_dict(llava.state_dict(), strict=False)
+    assert loaded.missing_keys == ["model.image_newline"] and not loaded.unexpected_keys, loaded
+    model.save_pretrained(out)
+    tower_cls = config.vision_config.model_type == "clip_vision_model"
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_grid_pinpoints=grid,
+        ),
+        tokenizer=AutoTokenizer.from_pretrained(llava_dir), patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if tower_cls else 0, chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+def clip_full(root: str) -> Path:
+    return tiny_llava(root, strategy="full", image_size=48, patch=16)
+
+
+def full_strategy_refusal(buffers: str) -> str:
+    return (
         "error: vision_feature_select_strategy='full' with a CLIP tower: optimum-rbln 0.12.0 compiles the projector "
-        "for 9 patches + CLS but sizes its output for the 9 patches only "
-        "(optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features), so the CLS position does "
-        "not fit: use a checkpoint with the 'default' strategy",
-        "out buffer shape [1, 9, 128] does not match output [1, 10, 128]",
-        None,
+        f"for 9 patches + CLS but sizes its output for the 9 patches only ({buffers}), so the CLS position does "
+        "not fit: use a checkpoint with the 'default' strategy"
+    )
+
+
+def siglip_refusal(model: str, buffers: str) -> str:
+    return (
+        f"error: a {model} with a SigLIP vision tower (siglip_vision_model): optimum-rbln 0.12.0 sizes the vision "
+        f"output for 16 patches + a CLS position ({buffers}), one more than the 16 positions a SigLIP tower outputs, "
+        "so the bundle would fail on its first image: use a checkpoint with a CLIP vision tower"
+    )
+
+
+CLIP_FULL_FAILURE = "out buffer shape [1, 9, 128] does not match output [1, 10, 128]"
+SIGLIP_FAILURE = "out buffer shape [1, 17, 32] does not match output [1, 16, 32]"
+SIGLIP_PROJECTOR_FAILURE = "input 'image_features' of 'compiled_model' has shape [1, 16, 32], compiled for [1, 17, 32]"
+
+#: name: (model builder, the refusal, the run-time failure, the projector's failure on the tower's output)
+CASES: dict[str, tuple[Callable[[str], Path], str, str, str | None]] = {
+    "clip-full": (clip_full, full_strategy_refusal(LLAVA_BUFFERS), CLIP_FULL_FAILURE, None),
+    "siglip": (tiny_llava_siglip, siglip_refusal("LLaVA", LLAVA_BUFFERS), SIGLIP_FAILURE, SIGLIP_PROJECTOR_FAILURE),
+    "next-clip-full": (
+        lambda root: as_llava_next(clip_full(root)), full_strategy_refusal(LLAVA_NEXT_BUFFERS), CLIP_FULL_FAILURE, None,
     ),
-    "siglip": (
-        tiny_llava_siglip,
-        "error: a LLaVA with a SigLIP vision tower (siglip_vision_model): optimum-rbln 0.12.0 sizes the vision "
-        "output for 16 patches + a CLS position "
-        "(optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features), one more than the 16 "
-        "positions a SigLIP tower outputs, so the bundle would fail on its first image: use a checkpoint with a "
-        "CLIP vision tower",
-        "out buffer shape [1, 17, 32] does not match output [1, 16, 32]",
-        "input 'image_features' of 'compiled_model' has shape [1, 16, 32], compiled for [1, 17, 32]",
+    "next-siglip": (
+        lambda root: as_llava_next(tiny_llava_siglip(root)), siglip_refusal("LLaVA-NeXT", LLAVA_NEXT_BUFFERS),
+        SIGLIP_FAILURE, SIGLIP_PROJECTOR_FAILURE,
     ),
 }
 
@@ -94,7 +158,7 @@ def test_the_default_strategy_of_the_same_tower_still_plans(tmp_path: Path) -> N
 def test_optimum_rbln_itself_fails_where_the_refusal_says(models: dict[str, Path], case: str, tmp_path: Path) -> None:
     """Compiled by optimum-rbln with the rbln_config rbln-eval would pass: right graphs, wrong run-time buffers."""
     from optimum.rbln import RBLNAutoModelForImageTextToText
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     model_dir = models[case]
     _, _, run_failure, projector_failure = CASES[case]
@@ -106,16 +170,20 @@ def test_optimum_rbln_itself_fails_where_the_refusal_says(models: dict[str, Path
         str(model_dir), export=True, rbln_config=rbln_config, model_save_dir=str(tmp_path / "bundle")
     )
     hf = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    pixels = AutoProcessor.from_pretrained(model_dir)(images=[make_image(3)], text=["<image>"], return_tensors="pt")["pixel_values"]
+    inputs = load_processor(model_dir, config.model_type)(images=[make_image(3)], text=["<image>"], return_tensors="pt")
+    pixels = inputs["pixel_values"]
+    sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}  # LLaVA-NeXT: its anyres tiles
     with torch.no_grad():
         with pytest.raises(ValueError) as failure:
             model.get_image_features(
-                pixel_values=pixels, vision_feature_layer=-1, vision_feature_select_strategy=config.vision_feature_select_strategy
+                pixel_values=pixels, vision_feature_layer=-1,
+                vision_feature_select_strategy=config.vision_feature_select_strategy, **sizes,
             )
         assert str(failure.value) == run_failure
-        # the vision graph gives transformers' positions exactly
-        selected = hf.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
-        compiled = model.rbln_submodules[0](pixels, output_hidden_states=True).hidden_states[-1]
+        # the vision graph gives transformers' positions exactly (of one image or tile: it is compiled for one)
+        tile = pixels.flatten(0, -4)[:1]
+        selected = hf.model.vision_tower(tile, output_hidden_states=True).hidden_states[-1]
+        compiled = model.rbln_submodules[0](tile, output_hidden_states=True).hidden_states[-1]
         assert compiled.shape == selected.shape and torch.equal(compiled, selected)
         projector = model.model[0]  # compiled for the patches + CLS ("full")
         if projector_failure is None:

@@ -1,14 +1,14 @@
 """``rbln-eval doctor``: what this machine offers for compiling and evaluating (also ``scripts/check_npu.py``).
 
-Toolchain versions, NPUs (``rebel`` and ``rbln-smi``, else ``rbln-stat``), CUDA devices, the store, its remotes, and whether a
-Hub token is configured (never the token itself).
+Toolchain versions, NPUs (``rebel`` and ``rbln-smi``, else ``rbln-stat``), CUDA devices, the model families and the
+architectures each one verifies, the store, its remotes, and whether a Hub token is configured (never the token itself).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -50,6 +50,37 @@ def _hub_token() -> dict[str, Any]:
     return {"present": False, "source": None}
 
 
+def _types(lookup: Callable[[], list[str]]) -> list[str] | None:
+    """A family's model types, or ``None`` where they cannot be listed here (optimum-rbln needs the ``rebel`` SDK)."""
+    try:
+        return list(lookup())
+    except Exception:  # the diagnosis goes on without them
+        return None
+
+
+def _families() -> list[dict[str, Any]]:
+    """Every registered family: the architectures optimum-rbln compiles for it and those rbln-eval verifies."""
+    from rbln_eval.families.registry import families
+
+    return [
+        {"name": family.name, "compiled": _types(family.supported_types), "verified": _types(family.verified_types)}
+        for family in families()
+    ]
+
+
+def families_line(families: list[dict[str, Any]]) -> str:
+    """One line: each family, with its verified architectures where they are not all it compiles."""
+    shown = []
+    for family in families:
+        verified, compiled = family["verified"], family["compiled"]
+        if verified is None or (compiled is not None and set(verified) == set(compiled)):
+            shown.append(family["name"])
+            continue
+        of = f"; optimum-rbln compiles {len(compiled)}" if compiled is not None else ""
+        shown.append(f"{family['name']} (verified: {', '.join(verified)}{of})")
+    return "families: " + ", ".join(shown)
+
+
 def _store_info(store: Store) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(store.root.absolute()), "exists": store.root.is_dir()}
     if info["exists"]:
@@ -67,6 +98,7 @@ def collect(store: Store, report: DeviceReport | None = None) -> dict[str, Any]:
         "toolchain": {package: package_version(package) for package in PACKAGES},
         "devices": report.to_json(),
         "default_device": None if default is None else f"npu:{default}",
+        "families": _families(),
         "store": _store_info(store),
         "remotes": remotes,
         "remotes_problem": remotes_problem,
@@ -130,6 +162,7 @@ def render(data: dict[str, Any], console: Console) -> None:
         p("CUDA: none (the HF reference of `rbln-eval compare` runs on CPU)")
     p(f"device priority: NPU → CUDA → CPU; this machine: {devices['kind']}")
     p()
+    p(families_line(data["families"]))
     store = data["store"]
     if store["exists"]:
         p(f"store: {store['path']} ({store['bundles']} bundle(s), {_size(store['size_bytes'])})")

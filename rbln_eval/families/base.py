@@ -134,6 +134,11 @@ class Family:
         mapping = getattr(modeling_auto, self.transformers_mapping)
         return sorted(t for t, name in mapping.items() if isinstance(name, str) and hasattr(rbln, f"RBLN{name}"))
 
+    def verified_types(self) -> list[str]:
+        """Model types whose bundles rbln-eval's tests verify against their reference (``doctor`` prints them
+        where they are fewer than :meth:`supported_types`); by default every type optimum-rbln compiles."""
+        return self.supported_types()
+
     def matches(self, model_config: Any) -> bool:
         """Whether ``model_config`` is a model of this family that optimum-rbln compiles."""
         return (

@@ -1,12 +1,14 @@
 """Bundles without pickles: optimum-rbln's ``torch_artifacts.pth`` carried as safetensors.
 
 Models compiled with input embeddings (the language model of a vision-language model, vision towers with a
-CPU patch embedding) make optimum-rbln write ``torch_artifacts.pth`` — a ``{group: state_dict}`` dict — and
-read it back with ``torch.load(weights_only=False)``. Right after a compile, :func:`convert_pickles` turns
-each one into ``torch_artifacts.safetensors`` (tensor names ``group.param``) and deletes the pickle, so a
-bundle holds only tensors. Before a load, :func:`prepare_load_dir` checks those tensors against the bundle's
-manifest and writes the ``.pth`` optimum-rbln expects into a local *load view*: a directory of symlinks to
-the bundle's files plus the rebuilt pickles, in the user cache (never in the store, never pushed).
+CPU patch embedding) make optimum-rbln write ``torch_artifacts.pth`` — a dict of ``{group: state_dict}`` entries,
+or of bare tensors (LLaVA-NeXT's ``{"image_newline": Parameter}``) — and read it back with
+``torch.load(weights_only=False)``. Right after a compile, :func:`convert_pickles` turns each one into
+``torch_artifacts.safetensors`` (tensor names ``group.param``; a bare entry under its own name, its kind in the
+file's metadata) and deletes the pickle, so a bundle holds only tensors. Before a load, :func:`prepare_load_dir`
+checks those tensors against the bundle's manifest and writes the ``.pth`` optimum-rbln expects into a local
+*load view*: a directory of symlinks to the bundle's files plus the rebuilt pickles, in the user cache (never in
+the store, never pushed).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 PICKLE_NAME = "torch_artifacts.pth"
 TENSORS_NAME = "torch_artifacts.safetensors"
 _METADATA = {"format": "pt", "rbln_eval": "torch_artifacts", "schema": "1"}
+#: Metadata key listing a file's bare entries (``{name: {"parameter": bool, "requires_grad": bool}}``).
+BARE_KEY = "bare_entries"
 _STAMP = ".rbln-eval-view.json"
 
 
@@ -42,24 +46,40 @@ def convert_pickles(directory: Path) -> list[str]:
 
     converted = []
     for path in sorted(directory.rglob(PICKLE_NAME)):
+        where = path.relative_to(directory)
         try:
             groups = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ArtifactConversionError(f"cannot read {path.relative_to(directory)} as tensors: {exc}") from None
-        flat: dict[str, Any] = {}
+            raise ArtifactConversionError(f"cannot read {where} as tensors: {exc}") from None
         if not isinstance(groups, dict):
-            raise ArtifactConversionError(f"{path.relative_to(directory)} holds a {type(groups).__name__}, not a dict")
+            raise ArtifactConversionError(f"{where} holds a {type(groups).__name__}, not a dict")
+        flat: dict[str, Any] = {}
+        bare: dict[str, dict[str, bool]] = {}
         for group, state in groups.items():
-            if not isinstance(state, dict) or "." in str(group):
-                raise ArtifactConversionError(f"{path.relative_to(directory)}: entry {group!r} is not a state dict")
+            if not isinstance(group, str) or not group or "." in group:
+                raise ArtifactConversionError(f"{where}: entry {group!r} is not a name without dots")
+            if isinstance(state, torch.Tensor):
+                flat[group] = state.detach().clone().contiguous()
+                bare[group] = bare_kind(state)
+                continue
+            if not isinstance(state, dict):
+                raise ArtifactConversionError(f"{where}: entry {group!r} is neither a state dict nor a tensor")
             for name, tensor in state.items():
                 if not isinstance(tensor, torch.Tensor):
-                    raise ArtifactConversionError(f"{path.relative_to(directory)}: {group}.{name} is not a tensor")
+                    raise ArtifactConversionError(f"{where}: {group}.{name} is not a tensor")
                 flat[f"{group}.{name}"] = tensor.detach().clone().contiguous()
-        save_file(flat, str(path.with_name(TENSORS_NAME)), metadata=_METADATA)
+        metadata = {**_METADATA, BARE_KEY: json.dumps(bare, sort_keys=True)} if bare else _METADATA
+        save_file(flat, str(path.with_name(TENSORS_NAME)), metadata=metadata)
         path.unlink()
-        converted.append(path.relative_to(directory).as_posix())
+        converted.append(where.as_posix())
     return converted
+
+
+def bare_kind(tensor: Any) -> dict[str, bool]:
+    """What a bare entry is besides its values: a ``Parameter`` or a plain tensor, and whether it requires grad."""
+    import torch
+
+    return {"parameter": isinstance(tensor, torch.nn.Parameter), "requires_grad": bool(tensor.requires_grad)}
 
 
 def tensor_files(bundle: "Bundle") -> list[str]:
@@ -67,14 +87,26 @@ def tensor_files(bundle: "Bundle") -> list[str]:
     return sorted(n for n in bundle.manifest.files if n == TENSORS_NAME or n.endswith("/" + TENSORS_NAME))
 
 
-def load_groups(path: Path) -> dict[str, "OrderedDict[str, Any]"]:
-    """``{group: state_dict}`` from a converted artifact file (the structure optimum-rbln reads)."""
+def load_groups(path: Path) -> dict[str, Any]:
+    """The dict optimum-rbln reads, from a converted artifact file: ``{group: state_dict}`` entries, and bare
+    entries rebuilt as they were saved (a ``Parameter`` again, with its ``requires_grad``)."""
+    import torch
     from safetensors import safe_open
 
-    groups: dict[str, OrderedDict[str, Any]] = {}
+    groups: dict[str, Any] = {}
     with safe_open(str(path), framework="pt") as fh:
+        bare = json.loads((fh.metadata() or {}).get(BARE_KEY) or "{}")
         for name in fh.keys():
-            group, _, param = name.partition(".")
+            if name in bare:
+                tensor = fh.get_tensor(name)
+                if bare[name]["parameter"]:
+                    groups[name] = torch.nn.Parameter(tensor, requires_grad=bare[name]["requires_grad"])
+                else:
+                    groups[name] = tensor.requires_grad_(bare[name]["requires_grad"])
+                continue
+            group, dot, param = name.partition(".")
+            if not dot:
+                raise CorruptBundleError(f"{path.name}: tensor {name!r} is neither a group's nor a listed bare entry")
             groups.setdefault(group, OrderedDict())[param] = fh.get_tensor(name)
     return groups
 

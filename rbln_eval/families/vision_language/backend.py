@@ -1,7 +1,7 @@
 """The device side of a vision-language bundle for :mod:`rbln_eval.core.programs`.
 
-A prompt with images (:class:`ImagePrompt`) is prefilled from input embeddings: the vision tower and the
-projector run on the device, their features replace the image tokens' embeddings (optimum-rbln's own
+A prompt with images (a :class:`~rbln_eval.core.work.MediaPrompt`) is prefilled from input embeddings: the vision
+tower and the projector run on the device, their features replace the image tokens' embeddings (optimum-rbln's own
 ``_preprocess_prefill``, or the backend's where it keeps features per image), and the language model's prefill
 graph fills one batch row. Decode steps are the language model's, over all rows at once, exactly as for a causal
 LM. Text-only prompts prefill from token ids. Three kinds of bundle (:func:`vision_language_backend`):
@@ -14,13 +14,13 @@ LM. Text-only prompts prefill from token ids. Three kinds of bundle (:func:`visi
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from rbln_eval.families.causal.backend import CausalBackend
 from rbln_eval.families.vision_language.compile import TEXT_SUBMODULES
-from rbln_eval.core.programs import Open, Program
+from rbln_eval.core.work import MediaPrompt
 
 #: Image feature sets kept per backend (most recently used).
 FEATURE_CACHE = 16
@@ -28,27 +28,6 @@ FEATURE_CACHE = 16
 FEATURE_TYPES = ("llava", "gemma3")
 #: optimum-rbln's Gemma3 image features, which :class:`ImagePrefillBackend` does not use (see there).
 GEMMA3_IMAGE_FEATURES = "optimum/rbln/transformers/models/gemma3/modeling_gemma3.py:get_image_features"
-
-
-class ImagePrompt(Sequence[int]):
-    """Prompt token ids plus the processor's image tensors (``pixel_values``, ``image_sizes``, …)."""
-
-    def __init__(
-        self, tokens: Sequence[int], image_inputs: Mapping[str, torch.Tensor], images: int, key: str | None = None
-    ) -> None:
-        self.tokens = list(tokens)
-        self.image_inputs = dict(image_inputs)
-        self.images = images
-        self.key = key  # content identity of the images: their features are computed once
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.tokens[index]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.tokens)
 
 
 def vision_language_backend(model: Any) -> "CausalBackend":
@@ -63,22 +42,6 @@ def vision_language_backend(model: Any) -> "CausalBackend":
     return VisionLanguageBackend(model)
 
 
-def with_images(
-    program: Program, image_inputs: Mapping[str, torch.Tensor], images: int, key: str | None = None
-) -> Program:
-    """``program`` whose prefill carries ``image_inputs`` (the tokens stay those the program asked for)."""
-    request = next(program)
-    if not isinstance(request, Open):
-        raise RuntimeError(f"a program must open its row first, got {request!r}")
-    value = yield Open(ImagePrompt(request.tokens, image_inputs, images, key))
-    while True:
-        try:
-            request = program.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value = yield request
-
-
 class VisionLanguageBackend(CausalBackend):
     """Prefill with image features + batched decode over a loaded ``RBLN…ForConditionalGeneration``."""
 
@@ -91,7 +54,7 @@ class VisionLanguageBackend(CausalBackend):
         self.model_type = getattr(model.config, "model_type", None)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
 
-    def embed(self, prompt: ImagePrompt) -> torch.Tensor:
+    def embed(self, prompt: MediaPrompt) -> torch.Tensor:
         """Input embeddings ``[1, L, hidden]`` of ``prompt``, image features in place of its image tokens.
 
         LLaVA's and Gemma3's image features are kept per image content (the choices of one multiple-choice
@@ -99,19 +62,20 @@ class VisionLanguageBackend(CausalBackend):
         """
         input_ids = torch.tensor([prompt.tokens], dtype=torch.long)
         with torch.no_grad():
+            media = prompt.media
             if self.model_type not in FEATURE_TYPES:
-                self.counters.add("vision", prompt.images, prompt.images)
-                return self.vlm._preprocess_prefill(input_ids=input_ids, **prompt.image_inputs)
-            features = self._features.get(prompt.key) if prompt.key else None
+                self.counters.add("vision", media.count, media.count)
+                return self.vlm._preprocess_prefill(input_ids=input_ids, **media.inputs)
+            features = self._features.get(media.key) if media.key else None
             if features is None:
-                features = self.image_features(prompt.image_inputs)
-                self.counters.add("vision", prompt.images, prompt.images)
-                if prompt.key:
-                    self._features[prompt.key] = features
+                features = self.image_features(media.inputs)
+                self.counters.add("vision", media.count, media.count)
+                if media.key:
+                    self._features[media.key] = features
                     while len(self._features) > FEATURE_CACHE:
                         self._features.popitem(last=False)
             else:
-                self._features.move_to_end(prompt.key)
+                self._features.move_to_end(media.key)
             mask = (input_ids == self.vlm.config.image_token_index).unsqueeze(-1)
             embeds = self.token_embeddings(input_ids)
             if int(mask.sum()) != features.numel() // features.shape[-1]:
@@ -137,7 +101,7 @@ class VisionLanguageBackend(CausalBackend):
         )
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
-        if not isinstance(tokens, ImagePrompt):
+        if not isinstance(tokens, MediaPrompt):
             return super().open(row, tokens)
         cache_position = self.prefill_positions(len(tokens))
         embeds = self.embed(tokens)
@@ -185,11 +149,11 @@ class MultimodalRopeBackend(CausalBackend):
         cache_position = self.prefill_positions(len(tokens))
         input_ids = torch.tensor([list(tokens)], dtype=torch.long)
         mask = torch.ones_like(input_ids)
-        images = tokens.image_inputs if isinstance(tokens, ImagePrompt) else {}
+        images = tokens.media.inputs if isinstance(tokens, MediaPrompt) else {}
         with torch.no_grad():
             embeds, position_embed, self.rope_deltas[row] = self.prefill_inputs(input_ids, images)
-        if isinstance(tokens, ImagePrompt):
-            self.counters.add("vision", tokens.images, tokens.images)
+        if isinstance(tokens, MediaPrompt):
+            self.counters.add("vision", tokens.media.count, tokens.media.count)
         output = self.model.prefill_decoder(
             inputs_embeds=embeds, attention_mask=mask[0], cache_position=cache_position, batch_idx=row,
             position_embed=position_embed,
@@ -249,7 +213,7 @@ class ImagePrefillBackend(VisionLanguageBackend):
         cache_position = self.prefill_positions(len(tokens))
         input_ids = torch.tensor([list(tokens)], dtype=torch.long)
         with torch.no_grad():
-            embeds = self.embed(tokens) if isinstance(tokens, ImagePrompt) else self.token_embeddings(input_ids)
+            embeds = self.embed(tokens) if isinstance(tokens, MediaPrompt) else self.token_embeddings(input_ids)
         token_types = (input_ids == self.vlm.config.image_token_index).int()
         output = self.model.prefill_decoder(
             inputs_embeds=embeds, attention_mask=torch.ones(len(tokens), dtype=torch.long), cache_position=cache_position,

@@ -33,14 +33,18 @@ IMAGE_PREFILL_TYPES = ("gemma3",)
 #: Where optimum-rbln keeps the hidden state of the last prefill position only, for models with local attention.
 LOCAL_ATTENTION_LOGITS = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:DecoderOnlyForCausalLM.forward"
 #: Architectures whose bundles rbln-eval scores with images (the others compile and load).
-SCORED_VLM_TYPES = ("llava", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3")
-#: Where optimum-rbln sizes a LLaVA's image buffers at run time (not from the rbln_config): the vision output as
-#: the patches plus a CLS position, the projector's output as the patches only — while ``_update_rbln_config``
-#: compiles the projector for the patches plus CLS under the "full" strategy.
-LLAVA_IMAGE_BUFFERS = "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features"
+SCORED_VLM_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3")
+#: Where optimum-rbln sizes a LLaVA's (and a LLaVA-NeXT's, per tile) image buffers at run time (not from the
+#: rbln_config): the vision output as the patches plus a CLS position, the projector's output as the patches
+#: only — while ``_update_rbln_config`` compiles the projector for the patches plus CLS under the "full" strategy.
+LLAVA_IMAGE_BUFFERS = {
+    "llava": "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features",
+    "llava_next": "optimum/rbln/transformers/models/llava_next/modeling_llava_next.py:get_image_features",
+}
 #: LLaVA vision towers whose output is the patches only (no CLS position), by ``vision_config.model_type``.
 NO_CLS_TOWERS = {"siglip_vision_model": "SigLIP"}
-#: LLaVA vision towers whose buffers follow ``vision_tower.max_image_size`` instead (padded patches).
+#: LLaVA vision towers whose buffers follow ``vision_tower.max_image_size`` instead (padded patches; LLaVA only,
+#: LLaVA-NeXT's buffers never do).
 PADDED_TOWERS = ("pixtral",)
 
 
@@ -115,26 +119,31 @@ def sliding_window(config: Any) -> int | None:
 
 
 def refuse_unrunnable(config: Any) -> None:
-    """Raise :class:`ConfigError` for a LLaVA that optimum-rbln compiles but whose first image would fail.
+    """Raise :class:`ConfigError` for a LLaVA or LLaVA-NeXT that optimum-rbln compiles but whose first image
+    would fail.
 
-    optimum-rbln sizes the vision tower's and the projector's output buffers from the model's config alone, so
-    no rbln_config changes them: a tower without a CLS position, or the "full" strategy keeping it, cannot run.
+    optimum-rbln sizes the vision tower's and the projector's output buffers from the model's config alone
+    (:data:`LLAVA_IMAGE_BUFFERS`), so no rbln_config changes them: a tower without a CLS position, or the "full"
+    strategy keeping it, cannot run.
     """
-    if getattr(config, "model_type", None) != "llava":
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LLAVA_IMAGE_BUFFERS:
         return
     import optimum.rbln
 
     vision = config.vision_config
     tower = getattr(vision, "model_type", None)
-    if tower in PADDED_TOWERS:
+    if model_type == "llava" and tower in PADDED_TOWERS:
         return
     version = optimum.rbln.__version__
+    buffers = LLAVA_IMAGE_BUFFERS[model_type]
     patches = (vision.image_size // vision.patch_size) ** 2
     if tower in NO_CLS_TOWERS:
         name = NO_CLS_TOWERS[tower]
+        article = "a LLaVA" if model_type == "llava" else "a LLaVA-NeXT"
         raise ConfigError(
-            f"a LLaVA with a {name} vision tower ({tower}): optimum-rbln {version} sizes the vision output for "
-            f"{patches} patches + a CLS position ({LLAVA_IMAGE_BUFFERS}), one more than the {patches} positions a "
+            f"{article} with a {name} vision tower ({tower}): optimum-rbln {version} sizes the vision output for "
+            f"{patches} patches + a CLS position ({buffers}), one more than the {patches} positions a "
             f"{name} tower outputs, so the bundle would fail on its first image",
             "use a checkpoint with a CLIP vision tower",
         )
@@ -142,7 +151,7 @@ def refuse_unrunnable(config: Any) -> None:
         kind = "CLIP" if tower == "clip_vision_model" else str(tower)
         raise ConfigError(
             f"vision_feature_select_strategy='full' with a {kind} tower: optimum-rbln {version} compiles the projector "
-            f"for {patches} patches + CLS but sizes its output for the {patches} patches only ({LLAVA_IMAGE_BUFFERS}), "
+            f"for {patches} patches + CLS but sizes its output for the {patches} patches only ({buffers}), "
             "so the CLS position does not fit",
             "use a checkpoint with the 'default' strategy",
         )

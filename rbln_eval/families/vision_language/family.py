@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from rbln_eval.core.programs import Program
+from rbln_eval.core.programs import Program, with_media
 from rbln_eval.core.work import Work
 from rbln_eval.families.base import CompileOptions
 from rbln_eval.families.causal import CausalFamily
-from rbln_eval.families.vision_language.backend import vision_language_backend, with_images
+from rbln_eval.families.vision_language.backend import vision_language_backend
 from rbln_eval.families.vision_language.compile import (
     KEY_ONLY_FIELDS,
+    SCORED_VLM_TYPES,
     TEXT_SUBMODULES,
     complete_config,
     is_vision_language,
@@ -43,6 +44,10 @@ class VisionLanguageFamily(CausalFamily):
     def matches(self, model_config: Any) -> bool:
         return is_vision_language(model_config)
 
+    def verified_types(self) -> list[str]:
+        """The architectures ``rbln-vlm`` scores (the others compile and load, and are refused at scoring)."""
+        return list(SCORED_VLM_TYPES)
+
     def rbln_config(self, options: CompileOptions, model_config: Any) -> dict[str, Any]:
         return complete_config(vlm_rbln_config(options, text_submodule(model_config)), model_config)
 
@@ -59,7 +64,7 @@ class VisionLanguageFamily(CausalFamily):
     def with_inputs(self, program: Program, work: Work) -> Program:
         if work.media is None:
             return program
-        return with_images(program, work.media.inputs, work.media.count, work.media.key)
+        return with_media(program, work.media)
 
     def reference_lm(
         self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
