@@ -21,6 +21,7 @@ from rbln_eval.store import Bundle, Store
 
 if TYPE_CHECKING:
     from rbln_eval.build.workflow import CompileRequest
+    from rbln_eval.core.classifier import BundleClassifier
     from rbln_eval.core.lm import BundleLM
     from rbln_eval.core.work import Executor
     from rbln_eval.evaluation.evaluate import EvalOptions
@@ -209,10 +210,61 @@ def evaluate_bundle(
     :func:`rbln_eval.evaluation.evaluate.evaluate`. Returns its results (None when lm_eval returns none).
     """
     from rbln_eval.evaluation.evaluate import evaluate
+    from rbln_eval.families.registry import family_of
 
+    if family_of(bundle.key.model_class).task_kind is not None:
+        classifier = open_classifier(
+            bundle, device, devices, data_parallel, ray, compiled_now=compiled_now, groups=groups, executor=executor,
+            **(lm_args or {}),
+        )
+        with classifier:
+            return evaluate_dataset_bundle(classifier, options, **evaluate_args)
     lm = open_lm(
         bundle, device, devices, data_parallel, ray, compiled_now=compiled_now, groups=groups, executor=executor,
         **(lm_args or {}),
     )
     with lm:
         return evaluate(lm, options, task_manager=task_manager, **evaluate_args)
+
+
+def open_classifier(
+    bundle: Bundle,
+    device: Any = None,
+    devices: str | None = None,
+    data_parallel: int | None = None,
+    ray: str | None = None,
+    compiled_now: bool = False,
+    groups: list[list[int]] | None = None,
+    executor: "Executor | None" = None,
+    **model_args: Any,
+) -> "BundleClassifier":
+    """A bundle scored on dataset tasks (a classifier, an extractive QA model) over its replicas, as :func:`open_lm`."""
+    from rbln_eval.core.classifier import BundleClassifier
+
+    try:
+        BundleClassifier.check_args(model_args)
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
+    return BundleClassifier(executor or open_executor(bundle, device, devices, data_parallel, ray, groups), compiled_now)
+
+
+def evaluate_dataset_bundle(
+    classifier: "BundleClassifier", options: "EvalOptions", model_name: str | None = None, model_args: Any = None,
+) -> dict[str, Any]:
+    """Score ``classifier`` on the dataset tasks ``options`` names; results saved as lm_eval saves its own."""
+    from rbln_eval.evaluation.datasets.run import evaluate_dataset_tasks, save_results
+    from rbln_eval.evaluation.datasets.spec import split_tasks
+    from rbln_eval.evaluation.evaluate import source_model_name
+
+    tasks, others = split_tasks(options.tasks, options.include_path)
+    if others:
+        raise ConfigError(
+            f"bundle {classifier.bundle.digest[:12]} ({classifier.family.name}) is scored on dataset tasks: "
+            f"{', '.join(others)} {'is not one' if len(others) == 1 else 'are not'} (the built-in ones, or YAML files under --include_path)"
+        )
+    results = evaluate_dataset_tasks(classifier, tasks, options.limit, options.log_samples)
+    save_results(results, options.output_path, model_name or source_model_name(classifier.bundle),
+                 model_args if model_args is not None else f"artifact={classifier.bundle.digest}")
+    return results

@@ -105,10 +105,9 @@ class RBLNLM(BundleLM):
         lm_class = executor.family.lm_class
         if not executor.family.scores_text and not issubclass(cls, lm_class) and lm_class not in rbln_lm_classes(cls):
             executor.close()
-            raise ConfigError(
-                f"bundle {executor.bundle.digest[:12]} is a {executor.family.name} bundle: use the "
-                f"`{getattr(lm_class, 'MODEL_NAME', 'rbln')}` model for it"
-            )
+            model = getattr(lm_class, "MODEL_NAME", None)
+            use = f"use the `{model}` model for it" if model else "score it on dataset tasks with `rbln-eval run`"
+            raise ConfigError(f"bundle {executor.bundle.digest[:12]} is a {executor.family.name} bundle: {use}")
         instance = super().__new__(scoring_class(cls, lm_class))
         instance.opened = (executor, compiled_now)
         return instance

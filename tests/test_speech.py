@@ -220,7 +220,7 @@ def test_bad_audio_is_refused_before_any_device_work(bundles: dict, clips: list[
     with open_lm(bundles["whisper", BATCH]) as lm:
         cases = [
             ((("", gen, {"audio": [{"array": clips[0], "sampling_rate": 8000}]}),),
-             r"^an audio clip is sampled at 8000 Hz; bundle \w{12} expects 16000 Hz: resample the dataset"),
+             r"^an audio clip is sampled at 8000 Hz; bundle \w{12} expects 16000 Hz: resample the dataset's audio to 16000 Hz$"),
             ((("", gen, {"audio": [good, good]}),), r"^a speech recognition request takes one audio clip, got 2$"),
             ((("", gen, {"audio": ["/nonexistent/clip.wav"]}),), r"^cannot read the audio file /nonexistent/clip.wav"),
             ((("", gen),), r"^task asr_bad sends text-only requests: rbln-audio scores audio requests \(doc_to_audio\)$"),

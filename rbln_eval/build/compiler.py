@@ -133,7 +133,8 @@ def compile_into(
         model = auto_cls.from_pretrained(
             source.id, export=True, rbln_config=config, model_save_dir=str(directory), **load_kwargs
         )
-        _save_tokenizer(source, directory, load_kwargs)
+        if family.has_tokenizer:
+            _save_tokenizer(source, directory, load_kwargs)
         family.save_extras(source.id, directory, load_kwargs, log)
     del model
     for name in convert_pickles(directory):

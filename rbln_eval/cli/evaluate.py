@@ -99,6 +99,7 @@ def run_command(
 
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
+    from rbln_eval.evaluation.datasets.spec import split_tasks
     from rbln_eval.evaluation.evaluate import options_from_lm_eval_args, source_model_name
     from rbln_eval.evaluation.preflight import check_chat_template, check_devices, check_eval_options, load_tasks, requested_tp
 
@@ -118,7 +119,20 @@ def run_command(
     options.metadata = reference | options.metadata
     st = open_store(store)
     opts = compile_options(compile_batch, max_seq_len, tp, logits, dtype, rbln_config) if model else None
-    manager = load_tasks(options.tasks, options.include_path, metadata=options.metadata)
+    dataset_tasks, lm_eval_tasks = split_tasks(options.tasks, options.include_path)
+    if dataset_tasks and lm_eval_tasks:
+        raise RblnEvalError(
+            f"--tasks mixes dataset tasks ({', '.join(t.name for t in dataset_tasks)}) with lm_eval tasks "
+            f"({', '.join(lm_eval_tasks)}): a bundle is scored on one kind; run them separately (or in a sweep)"
+        )
+    if artifact:  # the kind of task a stored bundle takes is known before its tasks are loaded
+        try:
+            stored = st.resolve(artifact)
+        except RblnEvalError:
+            stored = None  # said below, after the tasks' own checks
+        if stored is not None:
+            check_task_kind(stored, bool(dataset_tasks), options.tasks)
+    manager = None if dataset_tasks else load_tasks(options.tasks, options.include_path, metadata=options.metadata)
     compiled_now = False
     groups = None
     if artifact:
@@ -141,6 +155,7 @@ def run_command(
     from rbln_eval.families.registry import family_of
 
     family_of(bundle.key.model_class).lm_class.check_args(options.model_args)
+    check_task_kind(bundle, bool(dataset_tasks), options.tasks)
     check_chat_template(bundle, options.apply_chat_template)
     results = evaluate_bundle(
         bundle, options, manager, executor=_open_replicas(bundle, groups, data_parallel, ray), compiled_now=compiled_now,
@@ -149,6 +164,17 @@ def run_command(
     if results is None:
         return
     _print_results(results, bundle, options)
+
+
+def check_task_kind(bundle: Bundle, dataset_tasks: bool, tasks: list[str]) -> None:
+    """Refuse lm_eval tasks for a bundle scored on dataset tasks, and the other way round."""
+    from rbln_eval.families.registry import family_of
+
+    family = family_of(bundle.key.model_class)
+    if dataset_tasks != (family.task_kind is not None):
+        what = "dataset tasks" if family.task_kind else "lm_eval tasks"
+        verb = "are not" if len(tasks) > 1 else "is not one"
+        raise RblnEvalError(f"bundle {bundle.digest[:12]} ({family.name}) is scored on {what}: --tasks {','.join(tasks)} {verb}")
 
 
 def check_scoring_args(model_args: dict[str, Any]) -> None:

@@ -320,24 +320,27 @@ class BundleLM(TemplateLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """Provenance recorded in lm_eval's results config: the bundle, toolchain, timings, device counters."""
-        key = self.bundle.key
-        eval_seconds = self.eval_seconds
-        return {
-            "rbln": {
-                "bundle_digest": self.bundle.digest,
-                "bundle_path": str(self.bundle.path),
-                "key": key.fields(),
-                "toolchain": toolchain_versions(),
-                "compiled_now": self.compiled_now,
-                "load_seconds": round(self.load_seconds, 3),
-                "eval_seconds": round(eval_seconds, 3),
-                "eval_seconds_by_request_type": {k: round(v, 3) for k, v in self.seconds_by_type.items()},
-                "requests": self.requests_served,
-                "requests_per_second": round(self.requests_served / eval_seconds, 3) if eval_seconds else None,
-                "batch_size": self.shape.batch_size,
-                "max_length": self.max_length,
-                "device_counters": self.device_counters,
-                "device_counters_by_request_type": self.counters_by_type,
-                **self.executor.describe(),
-            }
-        }
+        info = provenance(self.executor, self.compiled_now, self.seconds_by_type, self.requests_served)
+        info.update(max_length=self.max_length, device_counters_by_request_type=self.counters_by_type)
+        return {"rbln": info}
+
+
+def provenance(executor: Executor, compiled_now: bool, seconds_by_type: Mapping[str, float], requests: int) -> dict[str, Any]:
+    """What results record of a bundle's run (``config.rbln``): the bundle, toolchain, timings, device counters."""
+    bundle = executor.bundle
+    eval_seconds = sum(seconds_by_type.values())
+    return {
+        "bundle_digest": bundle.digest,
+        "bundle_path": str(bundle.path),
+        "key": bundle.key.fields(),
+        "toolchain": toolchain_versions(),
+        "compiled_now": compiled_now,
+        "load_seconds": round(executor.load_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "eval_seconds_by_request_type": {k: round(v, 3) for k, v in seconds_by_type.items()},
+        "requests": requests,
+        "requests_per_second": round(requests / eval_seconds, 3) if eval_seconds else None,
+        "batch_size": executor.shape.batch_size,
+        "device_counters": executor.counters(),
+        **executor.describe(),
+    }

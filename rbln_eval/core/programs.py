@@ -337,6 +337,13 @@ def greedy(
         position += 1
 
 
+def forward_program() -> Program:
+    """One row of one forward call over the whole batch: the row's outputs (see ``BatchedForwardBackend``)."""
+    yield Open(())
+    outputs = yield Step(0, 0)
+    return outputs
+
+
 def with_media(program: Program, media: Media) -> Program:
     """``program`` whose first :class:`Open` carries ``media`` (a :class:`MediaPrompt` of the same tokens)."""
     request = next(program)

@@ -88,7 +88,14 @@ class GenerateWork:
     media: Media | None = None
 
 
-Work = ScoreWork | GenerateWork
+@dataclass(frozen=True)
+class ForwardWork:
+    """One forward pass over one example's inputs (an image, a clip, a sentence): the family's outputs of it."""
+
+    media: Media
+
+
+Work = ScoreWork | GenerateWork | ForwardWork
 
 
 class Executor(Protocol):

@@ -83,9 +83,11 @@ def check_compatible(bundle: Bundle) -> None:
 
 
 def load_tokenizer(bundle: Bundle) -> Any:
-    """The tokenizer saved in the bundle."""
+    """The tokenizer saved in the bundle (None for a family that reads no text, such as an image classifier)."""
     from transformers import AutoTokenizer
 
+    if not family_of(bundle.key.model_class).has_tokenizer:
+        return None
     return AutoTokenizer.from_pretrained(str(bundle.path))
 
 

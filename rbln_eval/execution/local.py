@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from rbln_eval import sim
-from rbln_eval.core.programs import Program, run_programs
+from rbln_eval.core.programs import Program, forward_program, run_programs, with_media
 from rbln_eval.core.shapes import ReplicaShape
-from rbln_eval.core.work import ScoreWork, Work
+from rbln_eval.core.work import ForwardWork, ScoreWork, Work
 from rbln_eval.execution.loader import LoadedBundle
 from rbln_eval.families.base import Family
 from rbln_eval.families.registry import family_of
@@ -15,6 +15,8 @@ from rbln_eval.families.registry import family_of
 
 def pad_token_id(tokenizer: Any) -> int:
     """The token idle batch rows are fed (pad, else EOS, else 0)."""
+    if tokenizer is None:
+        return 0
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
@@ -42,7 +44,7 @@ class Replica:
         self.backend = self.family.backend(loaded.model)
         self.tokenizer = loaded.tokenizer
         self.pad_token = pad_token_id(self.tokenizer)
-        self.eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+        self.eos_ids = frozenset(i for i in (getattr(self.tokenizer, "eos_token_id", None),) if i is not None)
 
     @property
     def shape(self) -> ReplicaShape:
@@ -51,6 +53,8 @@ class Replica:
     def program(self, work: Work) -> Program:
         if isinstance(work, ScoreWork):
             program = self.family.loglikelihood_program(self.backend, work.context, work.continuations)
+        elif isinstance(work, ForwardWork):
+            return with_media(forward_program(), work.media)
         else:
             stop = stop_checker(self.tokenizer, work.until)
             program = self.family.greedy_program(self.backend, work.tokens, work.max_new_tokens, stop, self.eos_ids)

@@ -120,6 +120,8 @@ class Family:
     length_keys: tuple[str, ...] = ()
     #: Detection order: families with a higher priority are asked first (a special case before its base).
     priority = 0
+    #: Whether bundles carry a tokenizer (an image classifier reads no text).
+    has_tokenizer = True
     #: Whether the plain ``rbln`` model scores this family's bundles on text requests (else only its own lm does).
     scores_text = True
     #: The lm_eval request types the family's lm answers.
@@ -193,6 +195,19 @@ class Family:
         if max_length and self.reference_truncates:
             kwargs["max_length"] = max_length  # truncate like the bundle does
         return HFLM(pretrained=pretrained, backend=self.hf_backend, dtype="float32", device=device, batch_size=batch_size, **kwargs)
+
+    # ---- dataset tasks (models scored on datasets rather than lm_eval's prompts) -------------------------
+    #: The kind of dataset task this family's bundles are scored on (``image-classification``, …); ``None``: the
+    #: family is scored on lm_eval's tasks by :attr:`lm_class`.
+    task_kind: str | None = None
+
+    def load_preprocessor(self, path: Path) -> Any:
+        """The bundle's preprocessor (image processor, feature extractor, tokenizer) of dataset examples."""
+        raise NotImplementedError
+
+    def example_inputs(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+        """One dataset example's model inputs (tensors without the batch dimension); ``columns`` names its fields."""
+        raise NotImplementedError
 
     # ---- the device side ----------------------------------------------------------------------------
     def backend(self, model: Any) -> Any:

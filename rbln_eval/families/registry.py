@@ -7,11 +7,14 @@ outside ``families/`` asks this module, never a family by name.
 
 from __future__ import annotations
 
+from rbln_eval.families.audio_classification import AudioClassificationFamily
 from rbln_eval.families.base import Family
 from rbln_eval.families.causal import CausalFamily
+from rbln_eval.families.image_classification import ImageClassificationFamily
 from rbln_eval.families.masked_lm import MaskedLMFamily
 from rbln_eval.families.seq2seq import Seq2SeqFamily
 from rbln_eval.families.speech import CTCFamily, SpeechSeq2SeqFamily
+from rbln_eval.families.text_classification import TextClassificationFamily
 from rbln_eval.families.vision_language import VisionLanguageFamily
 
 #: The families rbln-eval ships, one line each.
@@ -22,6 +25,9 @@ BUILTIN_FAMILIES: tuple[Family, ...] = (
     MaskedLMFamily(),
     SpeechSeq2SeqFamily(),
     CTCFamily(),
+    ImageClassificationFamily(),
+    AudioClassificationFamily(),
+    TextClassificationFamily(),
 )
 
 _FAMILIES: dict[str, Family] = {}

@@ -112,6 +112,7 @@ def evaluate_cell(
     :class:`BundleSource` says where each replica's node gets the bundle.
     """
     from rbln_eval.evaluation.evaluate import EvalOptions, summary_json
+    from rbln_eval.evaluation.datasets.spec import split_tasks
     from rbln_eval.evaluation.tasks import task_manager_for
     from rbln_eval.execution.devices import visible_npus
     from rbln_eval.execution.pool import ray_node_id
@@ -126,7 +127,8 @@ def evaluate_cell(
         include_path=settings.get("include_path"), gen_kwargs=settings.get("gen_kwargs"), log_samples=True,
     )
     started = time.monotonic()
-    manager = task_manager_for(options.tasks, options.include_path)
+    dataset_tasks, _ = split_tasks(options.tasks, options.include_path)
+    manager = None if dataset_tasks else task_manager_for(options.tasks, options.include_path)
     if on_ray:
         report = (lambda count: replicas.set.remote(output, count)) if replicas is not None else None
         executor = open_executor(loaded, growing=GrowingPool(source=source, on_change=report))

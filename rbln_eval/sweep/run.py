@@ -64,6 +64,7 @@ def run_sweep(
              digest=bundles[entry.name].digest if entry.name in bundles else None)
         for entry in plan.models
         for task in plan.tasks
+        if entry.name not in requests or takes(requests[entry.name].model_class, task.task, task.include_path)
     ]
     for cell in cells:
         if cell.digest is None:
@@ -75,6 +76,16 @@ def run_sweep(
     score_cells(cells, {b.digest: b for b in bundles.values()}, output, runner, report)
     write_summary(output, cells, compiled)
     return SweepResult(cells, compiled, failures, output)
+
+
+def takes(model_class: str, task: str, include_path: str | None) -> bool:
+    """Whether a model of ``model_class`` is scored on ``task``: dataset tasks for the families scored on them,
+    lm_eval's tasks for the others (a plan crossing both kinds leaves the other pairs out)."""
+    from rbln_eval.evaluation.datasets.spec import split_tasks
+    from rbln_eval.families.registry import family_of
+
+    dataset_tasks, _ = split_tasks([task], include_path)
+    return bool(dataset_tasks) == (family_of(model_class).task_kind is not None)
 
 
 def obtain_bundles(

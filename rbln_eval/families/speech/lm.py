@@ -20,7 +20,7 @@ from lm_eval.models.utils import postprocess_generated_text
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.core.work import Executor, GenerateWork, Media, ScoreWork
 from rbln_eval.errors import ConfigError, MultimodalRequestError
-from rbln_eval.families.speech.audio import Clip, check_rate, request_clip
+from rbln_eval.core.audio import Clip, check_rate, request_clip
 from rbln_eval.families.speech.prompts import decoder_prompt
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class AudioLM(BundleLM):
     def media(self, aux: Any) -> Media:
         """A request's clip, checked and prepared as the model's inputs."""
         clip = request_clip(aux)
-        check_rate(clip, self.sampling_rate, self.bundle_name)
+        check_rate(clip, self.sampling_rate, f"bundle {self.bundle_name}")
         self.clips += 1
         self.audio_seconds += clip.seconds
         return Media(self.clip_inputs(clip), 1, clip.fingerprint())

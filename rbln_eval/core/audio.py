@@ -1,5 +1,5 @@
-"""The audio of lm_eval requests: clips read from the request's ``{"audio": [...]}`` argument, checked, and
-turned into the model's inputs by the bundle's feature extractor.
+"""Audio clips as requests and datasets give them, read and checked for the families that take audio (speech
+recognition, audio classification).
 
 A clip is what lm_eval's audio tasks give (``{"array": …, "sampling_rate": …}``, as ``common_voice_en``'s
 ``doc_to_audio`` returns), a path to an audio file, or datasets' undecoded audio (``{"path": …, "bytes": …}``):
@@ -81,10 +81,10 @@ def request_clip(aux: Any) -> Clip:
     return as_clip(clips[0])
 
 
-def check_rate(clip: Clip, expected: int, bundle: str) -> None:
-    """Refuse a clip at another sampling rate than the feature extractor's (it is never resampled silently)."""
+def check_rate(clip: Clip, expected: int, reader: str) -> None:
+    """Refuse a clip at another sampling rate than ``reader``'s (a bundle's feature extractor): never resampled."""
     if clip.rate != expected:
         raise MultimodalRequestError(
-            f"an audio clip is sampled at {clip.rate} Hz; bundle {bundle} expects {expected} Hz: resample the "
-            f"dataset (datasets: .cast_column('audio', Audio(sampling_rate={expected})))"
+            f"an audio clip is sampled at {clip.rate} Hz; {reader} expects {expected} Hz: resample the "
+            f"dataset's audio to {expected} Hz"
         )
