@@ -131,6 +131,7 @@ class Family:
     def supported_types(self) -> list[str]:
         """Model types optimum-rbln compiles for this family (needs the ``rebel`` SDK or the simulator)."""
         import optimum.rbln as rbln
+        import optimum.rbln.transformers.models.auto.modeling_auto  # noqa: F401 (adds its types to transformers' maps)
         from transformers.models.auto import modeling_auto
 
         mapping = getattr(modeling_auto, self.transformers_mapping)
