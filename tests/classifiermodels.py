@@ -3,7 +3,7 @@
 A RoBERTa sequence classifier (byte-level BPE trained on the demo corpus, NLI label names) with tasks of single
 sentences (``cls_sentences``) and sentence pairs (``cls_pairs``, MNLI-like), and an AST audio classifier (a small
 feature extractor, keyword label names) with a task of WAV clips (``cls_clips``). Each kind also has a task whose
-label names no model here has (``cls_text_other``, ``cls_clips_other``); the audio one a task of clips at 8 kHz
+label names no model here has (``cls_text_other``, ``cls_clips_other``); the audio one a task whose last clip is at 8 kHz
 (``cls_clips_8k``). Both heads are fitted so the tasks' examples get varied labels with logits far apart.
 """
 
@@ -160,7 +160,7 @@ def tiny_audio_classifier(root: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def audio_tasks(root: str, count: int) -> Path:
     """A task directory of ``count`` WAV clips: ``cls_clips`` (labelled by :data:`AUDIO_LABELS` in turn),
-    ``cls_clips_other`` (unknown label names) and ``cls_clips_8k`` (the same samples declared at 8 kHz)."""
+    ``cls_clips_other`` (unknown label names) and ``cls_clips_8k`` (its last clip declared at 8 kHz)."""
     out = Path(root) / f"audio-tasks-{count}"
     out.mkdir(parents=True, exist_ok=True)
     rows, other, slow = [], [], []
@@ -169,7 +169,7 @@ def audio_tasks(root: str, count: int) -> Path:
         write_wav(out / f"clip{i}-8k.wav", clip, rate=8000)
         rows.append({"file": f"clip{i}.wav", "label": AUDIO_LABELS[i % len(AUDIO_LABELS)]})
         other.append({"file": f"clip{i}.wav", "label": f"keyword {i % 3}"})
-        slow.append({"file": f"clip{i}-8k.wav", "label": AUDIO_LABELS[i % len(AUDIO_LABELS)]})
+        slow.append({"file": f"clip{i}-8k.wav" if i == count - 1 else f"clip{i}.wav", "label": AUDIO_LABELS[i % len(AUDIO_LABELS)]})
     for name, data in (("cls_clips", rows), ("cls_clips_other", other), ("cls_clips_8k", slow)):
         write_jsonl(out / f"{name}.jsonl", data)
         yaml = TASK_YAML.format(name=name, kind="audio-classification", data=f"{name}.jsonl", columns="{audio: file}")

@@ -81,7 +81,7 @@ def corpus_sentences() -> list[str]:
     return sentences
 
 
-def _train_wordpiece(sentences: list[str], directory: Path):
+def train_wordpiece(sentences: list[str], directory: Path):
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizer
 
@@ -92,7 +92,7 @@ def _train_wordpiece(sentences: list[str], directory: Path):
     return BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True, model_max_length=MAX_POSITIONS)
 
 
-def _train_bpe(sentences: list[str], directory: Path):
+def train_bpe(sentences: list[str], directory: Path):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizer
 
@@ -119,11 +119,11 @@ def tiny_masked_lm(root: str, kind: str) -> Path:
     sentences = corpus_sentences()
     shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     if kind == "bert":
-        tokenizer = _train_wordpiece(sentences, out / "vocab")
+        tokenizer = train_wordpiece(sentences, out / "vocab")
         config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id, **shape)
         model_cls = BertForMaskedLM
     elif kind == "roberta":
-        tokenizer = _train_bpe(sentences, out / "vocab")
+        tokenizer = train_bpe(sentences, out / "vocab")
         config = RobertaConfig(
             vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, type_vocab_size=1, **shape,

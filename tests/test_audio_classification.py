@@ -122,13 +122,16 @@ def test_labels_that_do_not_match_stop_before_any_device_work(bundles: dict, tas
 
 
 def test_clips_at_another_sampling_rate_are_refused_not_resampled(bundles: dict, tasks: Path) -> None:
-    with open_classifier(bundles[BATCH]) as classifier:
+    with open_classifier(bundles[1]) as classifier:  # the 8 kHz clip is the last, in the task's last chunk
         with pytest.raises(MultimodalRequestError) as caught:
             evaluate_dataset_bundle(classifier, EvalOptions(tasks=["cls_clips_8k"], include_path=str(tasks)))
-        assert classifier.info()["device_counters"] == {}
+        assert classifier.info()["device_counters"] == {}  # checked before the first chunk ran
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("an audio clip is sampled at 8000 Hz; the model's feature extractor expects 16000 Hz: resample")
+    assert message.startswith(
+        f"task cls_clips_8k, example {EXAMPLES - 1}: an audio clip is sampled at 8000 Hz; the model's feature extractor "
+        "expects 16000 Hz: resample"
+    )
 
 
 def test_the_key_holds_the_frames_and_mel_bins_and_max_seq_len_is_refused(bundles: dict, model: Path) -> None:

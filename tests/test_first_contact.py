@@ -314,7 +314,7 @@ REQUEST_CELLS = [
 def printed_comparison(report: ComparisonReport, monkeypatch: pytest.MonkeyPatch, columns: int) -> str:
     from rich.console import Console
 
-    from rbln_eval.cli.evaluate import print_comparison
+    from rbln_eval.cli.comparison import print_comparison
 
     monkeypatch.setenv("COLUMNS", str(columns))
     console = Console(file=io.StringIO(), highlight=False, soft_wrap=True)  # as wide as COLUMNS says

@@ -8,6 +8,7 @@ the dataset evaluator and writes lm_eval's results schema.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,9 +154,10 @@ def test_builtin_dataset_tasks_are_named_apart_from_lm_eval_tasks() -> None:
     builtin = dataset_tasks()
     assert sorted(builtin) == [
         "cls_cifar10", "cls_cifar100", "cls_cola", "cls_imagenet1k", "cls_mnli", "cls_speech_commands", "cls_sst2",
+        "qa_squad", "qa_squad_v2",
     ]
     assert not set(builtin) & set(TaskManager().all_tasks)
-    assert {task.kind for task in builtin.values()} == {"image-classification", "audio-classification", "text-classification"}
+    assert {task.kind for task in builtin.values()} == {"image-classification", "audio-classification", "text-classification", "question-answering"}
 
 
 def test_a_sweep_mixing_a_causal_lm_and_a_classifier_makes_one_summary_and_report(scratch: Path, tasks: Path, bundles: dict) -> None:
@@ -181,3 +183,19 @@ def test_a_sweep_mixing_a_causal_lm_and_a_classifier_makes_one_summary_and_repor
     assert "top1,none" in cells["vit", "cls_shapes"]["metrics"] and "acc,none" in cells["llama", "demo_mc"]["metrics"]
     assert "| vit | top1 " in result.stdout and "| llama | - | acc " in result.stdout
     assert (output / "report.html").is_file()
+
+
+def test_compare_reports_logit_deltas_and_agreement_against_the_float32_model(scratch: Path, tasks: Path, bundles: dict) -> None:
+    out = scratch / "compare.json"
+    bundle = bundles["resnet", BATCH]
+    common = ["--store", str(scratch / "store"), "--include_path", str(tasks)]
+    ran = ok(cli("compare", bundle.digest[:12], "--tasks", "cls_shapes", "--tolerance", "1e-4", "--output", str(out), *common))
+    assert "max |Δlogit|" in ran.stdout and "same pred" in ran.stdout
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["reference"]["model"] == "transformers" and report["reference"]["dtype"] == "float32"
+    (task,) = report["tasks"]
+    assert task["task"] == "cls_shapes" and task["samples"] == EXAMPLES and task["argmax_agreement"] == 1.0
+    assert task["max_abs_output_delta"] <= 1e-4 and {m["metric"] for m in task["metrics"]} == {"top1", "top5", "macro_f1", "mcc"}
+    assert all(m["delta"] == 0 for m in task["metrics"])
+    mixed = cli("compare", bundle.digest[:12], "--tasks", "cls_shapes,arc_easy", *common)
+    one_line_exit_2(mixed, "--tasks mixes dataset tasks (cls_shapes) with lm_eval tasks (arc_easy)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
-from rbln_eval.api import evaluate_bundle, open_executor, open_lm
+from rbln_eval.api import evaluate_bundle, open_classifier, open_executor, open_lm
 from rbln_eval.errors import RblnEvalError
 from rbln_eval.store import Bundle
 from rbln_eval.cli.options import (
@@ -39,10 +39,7 @@ from rbln_eval.cli.options import (
     split_tasks,
 )
 from rbln_eval.cli.build import compile_options, obtain_model
-from rbln_eval.cli.tables import Column, fitted_table
-
-if TYPE_CHECKING:
-    from rbln_eval.evaluation.compare import ComparisonReport
+from rbln_eval.cli.comparison import print_comparison, whole
 
 
 def _open_replicas(
@@ -216,7 +213,7 @@ def _print_results(results: dict[str, Any], bundle: Bundle, options: Any) -> Non
         out.print(summary_json({k: v for k, v in results.items() if k != "samples"}), markup=False)
     info = results["config"]["rbln"]
     out.print(
-        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), gen_kwargs: ({options.gen_kwargs}), limit: {_whole(options.limit)}, "
+        f"rbln ({bundle.digest[:12]}, {bundle.key.target}), gen_kwargs: ({options.gen_kwargs}), limit: {whole(options.limit)}, "
         f"num_fewshot: {options.num_fewshot}, batch_size: {info['batch_size']}",
         markup=False,
     )
@@ -279,6 +276,8 @@ def compare_command(
     from lm_eval.utils import simple_parse_args_string
 
     from rbln_eval.evaluation.compare import reference_lm, run_compare
+    from rbln_eval.evaluation.datasets.compare import compare_dataset_tasks, reference_forward
+    from rbln_eval.evaluation.datasets.spec import split_tasks as split_dataset_tasks
     from rbln_eval.families.registry import family_of
     from rbln_eval.evaluation.evaluate import EvalOptions, parse_seed
     from rbln_eval.evaluation.preflight import check_devices, check_eval_options, load_tasks
@@ -287,22 +286,38 @@ def compare_command(
         raise RblnEvalError(f"--tolerance must be a non-negative number, got {tolerance}")
     check_eval_options(num_fewshot, limit, gen_kwargs)
     options = EvalOptions(
-        tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=_whole(limit), include_path=include_path,
+        tasks=split_tasks(tasks), num_fewshot=num_fewshot, limit=whole(limit), include_path=include_path,
         gen_kwargs=gen_kwargs, seed=parse_seed(seed), log_samples=True,
     )
     st = open_store(store)
-    load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
+    dataset_tasks, lm_eval_tasks = split_dataset_tasks(options.tasks, include_path)
+    if dataset_tasks and lm_eval_tasks:
+        raise RblnEvalError(
+            f"--tasks mixes dataset tasks ({', '.join(t.name for t in dataset_tasks)}) with lm_eval tasks "
+            f"({', '.join(lm_eval_tasks)}): a bundle is scored on one kind"
+        )
+    if not dataset_tasks:
+        load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
     scoring = simple_parse_args_string(model_args) if model_args else {}
     check_scoring_args(scoring)
     bundle = st.resolve(ref)
-    family_of(bundle.key.model_class).lm_class.check_args(scoring)
-    lm = open_lm(bundle, executor=_open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups), **scoring)
-    try:
-        with err.status("loading the HF reference…", spinner="dots"):
-            reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size, settings=lm.reference_settings())
-        report = run_compare(lm, options, tolerance, reference=reference)
-    finally:
-        lm.close()
+    family = family_of(bundle.key.model_class)
+    check_task_kind(bundle, bool(dataset_tasks), options.tasks)
+    family.lm_class.check_args(scoring)
+    executor = _open_replicas(bundle, check_devices(bundle.key.tensor_parallel, device).groups)
+    if dataset_tasks:
+        with open_classifier(bundle, executor=executor, **scoring) as classifier:
+            with err.status("loading the float32 reference…", spinner="dots"):
+                forward = reference_forward(bundle, family, batch_size)
+            report = compare_dataset_tasks(classifier, dataset_tasks, options.limit, tolerance, reference=forward)
+    else:
+        lm = open_lm(bundle, executor=executor, **scoring)
+        try:
+            with err.status("loading the HF reference…", spinner="dots"):
+                reference = reference_lm(bundle, max_length=lm.max_length, batch_size=batch_size, settings=lm.reference_settings())
+            report = run_compare(lm, options, tolerance, reference=reference)
+        finally:
+            lm.close()
     print_comparison(report, out)
     path = report.write(output or Path(f"compare-{bundle.digest[:12]}.json"))
     err.print(f"report written to {path}", markup=False)
@@ -310,55 +325,6 @@ def compare_command(
         details = "; ".join(f"{task.task} ({', '.join(task.failures)})" for task in report.failing)
         err.print(f"tolerance {tolerance:g} exceeded in {len(report.failing)} task(s): {details}", markup=False)
         raise typer.Exit(1)
-
-
-#: The comparison at any width: a row per (task, metric), then a row per task with its requests and verdict.
-METRIC_COLUMNS = (Column("task"), Column("metric"), Column("rbln", "number"), Column("hf", "number"), Column("Δ", "number"))
-REQUEST_COLUMNS = (
-    Column("task"), Column("max |Δlp|", "number"), Column("mean |Δlp|", "number"),
-    Column("argmax agree", "number"), Column("gen agree", "number"),
-)
-VERDICT_COLUMN = Column("verdict", "id")
-
-
-def _number(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _whole(value: Optional[float]) -> Optional[float]:
-    """``8.0`` as ``8`` (a document count); fractions and None unchanged."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def print_comparison(report: ComparisonReport, console: Console) -> None:
-    """The report as two tables that keep every number and the verdict whole at ``console``'s width."""
-    tolerance = "" if report.tolerance is None else f", tolerance: {report.tolerance:g}"
-    console.print(
-        f"rbln {report.bundle[:12]} ({report.target}) vs {report.reference['model']} {report.reference['pretrained']} "
-        f"({report.reference['dtype']}, {report.reference['device']}), limit: {_whole(report.limit)}, "
-        f"num_fewshot: {report.num_fewshot}{tolerance}",
-        markup=False,
-    )
-    metric_rows = [
-        [task.task, metric.metric.replace(",none", ""), _number(metric.rbln, ".6g"), _number(metric.reference, ".6g"),
-         _number(metric.delta, "+.2e")]
-        for task in report.tasks for metric in task.metrics
-    ]
-    request_rows = [
-        [task.task, _number(task.max_abs_logprob_delta, ".2e"), _number(task.mean_abs_logprob_delta, ".2e"),
-         _number(task.argmax_agreement, ".1%"), _number(task.generation_agreement, ".1%")]
-        + ([] if report.tolerance is None else ["ok" if task.passed else "FAIL"])
-        for task in report.tasks
-    ]
-    request_columns = REQUEST_COLUMNS + (() if report.tolerance is None else (VERDICT_COLUMN,))
-    for columns, rows in ((METRIC_COLUMNS, metric_rows), (request_columns, request_rows)):
-        if not rows:
-            continue
-        table, shared = fitted_table(console, columns, rows)
-        console.print()
-        for header, value in shared:
-            console.print(f"{header} (every row): {value}", markup=False)
-        console.print(table)
 
 
 def lm_eval_command(ctx: typer.Context) -> None:

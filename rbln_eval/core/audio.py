@@ -81,10 +81,33 @@ def request_clip(aux: Any) -> Clip:
     return as_clip(clips[0])
 
 
+def clip_rate(audio: Any) -> int:
+    """The sampling rate of a clip (as :func:`as_clip` takes it), reading no more of a file than its header."""
+    import soundfile
+
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        if audio.get("sampling_rate") is None:
+            raise MultimodalRequestError("an audio array comes without its sampling_rate")
+        return int(audio["sampling_rate"])
+    source = audio if isinstance(audio, str) else (audio.get("bytes") or audio.get("path")) if isinstance(audio, dict) else None
+    if source is None:
+        return as_clip(audio).rate  # says what is wrong with it
+    try:
+        return int(soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source).samplerate)
+    except (OSError, RuntimeError) as exc:
+        name = "audio bytes" if isinstance(source, bytes) else source
+        raise MultimodalRequestError(f"cannot read the audio file {name}: {exc}") from None
+
+
 def check_rate(clip: Clip, expected: int, reader: str) -> None:
     """Refuse a clip at another sampling rate than ``reader``'s (a bundle's feature extractor): never resampled."""
-    if clip.rate != expected:
+    check_sampling_rate(clip.rate, expected, reader)
+
+
+def check_sampling_rate(rate: int, expected: int, reader: str) -> None:
+    """Refuse a sampling rate other than ``reader``'s: clips are never resampled."""
+    if rate != expected:
         raise MultimodalRequestError(
-            f"an audio clip is sampled at {clip.rate} Hz; {reader} expects {expected} Hz: resample the "
+            f"an audio clip is sampled at {rate} Hz; {reader} expects {expected} Hz: resample the "
             f"dataset's audio to {expected} Hz"
         )

@@ -50,6 +50,9 @@ class TaskComparison:
     mean_abs_logprob_delta: float | None = None
     argmax_agreement: float | None = None
     generation_agreement: float | None = None
+    #: Dataset tasks: |Δ| of the model's outputs (logits) rather than of log-probabilities.
+    max_abs_output_delta: float | None = None
+    mean_abs_output_delta: float | None = None
     failures: list[str] = field(default_factory=list)
 
     @property

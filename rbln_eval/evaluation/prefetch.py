@@ -105,20 +105,29 @@ def network_loads(downloaded: list[str]) -> Iterator[None]:
 
 
 def prefetch_tasks(tasks: Sequence[str], include_path: str | None, notify: Callable[[Fetched], None] | None = None) -> list[Fetched]:
-    """Build each task as lm_eval does, downloading and preparing its datasets in the HF caches.
+    """Build each task as lm_eval does (a dataset task: load its dataset as ``run`` does), downloading and
+    preparing its datasets in the HF caches.
 
     A task whose data are local files downloads nothing, and is built offline too.
     """
+    from rbln_eval.evaluation.datasets.run import load_examples
+    from rbln_eval.evaluation.datasets.spec import split_tasks
     from rbln_eval.evaluation.tasks import task_manager_for
 
-    manager = task_manager_for(list(tasks), include_path)  # unknown names fail before any download
+    dataset_tasks, lm_eval_tasks = split_tasks(list(tasks), include_path)
+    by_name = {task.name: task for task in dataset_tasks}
+    manager = task_manager_for(lm_eval_tasks, include_path) if lm_eval_tasks else None  # unknown names fail first
     fetched: list[Fetched] = []
     roots = cache_dirs()
     for task in tasks:
         before = tree_size(roots)
         downloaded: list[str] = []
         with watch_datasets(task), network_loads(downloaded):
-            manager.load([task])
+            if task in by_name:
+                load_examples(by_name[task])  # a dataset task: its dataset, as `run` loads it
+            else:
+                assert manager is not None
+                manager.load([task])
         if downloaded:
             item = Fetched("task", task, ", ".join(dict.fromkeys(downloaded)), max(0, tree_size(roots) - before))
         else:

@@ -149,6 +149,14 @@ class Family:
             and bool(getattr(model_config, "is_encoder_decoder", False)) == self.is_encoder_decoder
         )
 
+    def has_own_head(self, model_config: Any) -> bool:
+        """Whether the checkpoint's ``architectures`` name this family's head (optimum-rbln's auto classes read
+        them): a BERT classifier has no masked-LM head to score with, a masked LM no QA head."""
+        from transformers.models.auto import modeling_auto
+
+        mapping = getattr(modeling_auto, self.transformers_mapping)
+        return mapping.get(model_config.model_type) in (getattr(model_config, "architectures", None) or [])
+
     def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
         """The family's rbln_config spelling of ``--max-seq-len`` and ``--logits``."""
         return {}
@@ -209,6 +217,24 @@ class Family:
     def example_inputs(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
         """One dataset example's model inputs (tensors without the batch dimension); ``columns`` names its fields."""
         raise NotImplementedError
+
+    def check_example(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> None:
+        """Refuse an example before any device work, from what is cheap to read (an audio file's header); only
+        called where :attr:`checks_examples`."""
+
+    #: Whether every example is checked (:meth:`check_example`) before the first device call.
+    checks_examples = False
+
+    def example_features(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The rows one dataset example takes (one, unless its input is split: a long QA context's windows)."""
+        return [self.example_inputs(preprocessor, example, columns)]
+
+    def example_prediction(
+        self, example: Mapping[str, Any], columns: Mapping[str, str], features: Sequence[Mapping[str, Any]],
+        outputs: Sequence[Any], settings: Mapping[str, Any],
+    ) -> Any:
+        """What an example's rows' outputs predict, under the task's ``settings``: a classifier's logits."""
+        return outputs[0]
 
     # ---- the device side ----------------------------------------------------------------------------
     def backend(self, model: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from rbln_eval.families.audio_classification import AudioClassificationFamily
 from rbln_eval.families.base import Family
 from rbln_eval.families.causal import CausalFamily
+from rbln_eval.families.extractive_qa import ExtractiveQAFamily
 from rbln_eval.families.image_classification import ImageClassificationFamily
 from rbln_eval.families.masked_lm import MaskedLMFamily
 from rbln_eval.families.seq2seq import Seq2SeqFamily
@@ -28,6 +29,7 @@ BUILTIN_FAMILIES: tuple[Family, ...] = (
     ImageClassificationFamily(),
     AudioClassificationFamily(),
     TextClassificationFamily(),
+    ExtractiveQAFamily(),
 )
 
 _FAMILIES: dict[str, Family] = {}

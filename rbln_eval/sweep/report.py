@@ -21,7 +21,7 @@ from rbln_eval.sweep.summary import SUMMARY_NAME
 from rbln_eval.util.atomic import write_atomic
 
 #: Metrics shown first when a task reports several (the usual headline metric of each kind of task).
-HEADLINE = ("acc", "exact_match", "word_perplexity", "perplexity", "acc_norm", "bits_per_byte", "top1", "wer", "mcc")
+HEADLINE = ("acc", "exact_match", "word_perplexity", "perplexity", "acc_norm", "bits_per_byte", "top1", "wer", "mcc", "f1")
 
 #: Metrics known to be better when lower, for results that do not say (lm_eval's ``higher_is_better``).
 LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "wer", "cer", "ter"})

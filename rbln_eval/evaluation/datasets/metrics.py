@@ -1,7 +1,11 @@
-"""Classification metrics, from scikit-learn (the definitions the model cards quote), computed offline.
+"""Dataset task metrics from libraries (the definitions the model cards quote), computed offline.
 
-``y_true`` and ``y_pred`` are dataset label indices (a prediction of a model label the dataset does not have is
-``-1``: always wrong); ``scores`` are the model's logits of the dataset's labels, ``[examples, labels]``.
+Classification metrics come from scikit-learn: ``y_true`` and ``y_pred`` are dataset label indices (a prediction of
+a model label the dataset does not have is ``-1``: always wrong); ``scores`` are the model's logits of the
+dataset's labels, ``[examples, labels]``. Extractive QA metrics are the official SQuAD (v1.1 and v2) exact match
+and F1 as transformers ships them (``transformers.data.metrics.squad_metrics``), in percent: each prediction
+against its best gold answer, an unanswerable question's gold answer being ``""``; ``has_ans_*`` and ``no_ans_*``
+are the same over the answerable and the unanswerable questions (absent when the task has none of them).
 """
 
 from __future__ import annotations
@@ -44,9 +48,48 @@ def mcc(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray) -> float:
 METRICS: dict[str, Metric] = {"top1": top1, "top5": top5, "macro_f1": macro_f1, "mcc": mcc}
 
 
-def check_metrics(task: str, names: Sequence[str]) -> None:
-    unknown = [name for name in names if name not in METRICS]
+def gold_answers(answers: Sequence[str]) -> list[str]:
+    """The gold answers a prediction is scored against: the non-empty ones, or ``[""]`` (unanswerable)."""
+    from transformers.data.metrics.squad_metrics import normalize_answer
+
+    return [a for a in answers if normalize_answer(a)] or [""]
+
+
+def answer_scores(golds: Sequence[Sequence[str]], predictions: Sequence[str]) -> tuple[list[int], list[float]]:
+    """Each prediction's exact match (0/1) and F1 against its best gold answer."""
+    from transformers.data.metrics.squad_metrics import compute_exact, compute_f1
+
+    exact, f1 = [], []
+    for answers, prediction in zip(golds, predictions):
+        gold = gold_answers(answers)
+        exact.append(max(compute_exact(a, prediction) for a in gold))
+        f1.append(max(compute_f1(a, prediction) for a in gold))
+    return exact, f1
+
+
+def answer_metrics(golds: Sequence[Sequence[str]], predictions: Sequence[str], names: Sequence[str]) -> dict[str, float]:
+    """The SQuAD metrics ``names`` (``exact``, ``f1``, ``has_ans_exact``, …) of ``predictions``, in percent."""
+    exact, f1 = answer_scores(golds, predictions)
+    answerable = [gold_answers(answers) != [""] for answers in golds]
+    subsets = {"": [True] * len(golds), "has_ans_": answerable, "no_ans_": [not a for a in answerable]}
+    values: dict[str, float] = {}
+    for prefix, chosen in subsets.items():
+        count = sum(chosen)
+        if count:
+            values[f"{prefix}exact"] = 100.0 * sum(e for e, c in zip(exact, chosen) if c) / count
+            values[f"{prefix}f1"] = 100.0 * sum(f for f, c in zip(f1, chosen) if c) / count
+    return {name: values[name] for name in names if name in values}
+
+
+ANSWER_METRICS = ("exact", "f1", "has_ans_exact", "has_ans_f1", "no_ans_exact", "no_ans_f1")
+#: The metrics each kind of dataset task may name.
+KIND_METRICS = {"question-answering": ANSWER_METRICS}
+
+
+def check_metrics(task: str, kind: str, names: Sequence[str]) -> None:
+    known = KIND_METRICS.get(kind, tuple(METRICS))
+    unknown = [name for name in names if name not in known]
     if unknown:
         from rbln_eval.errors import ConfigError
 
-        raise ConfigError(f"task {task}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        raise ConfigError(f"task {task}: unknown metric(s) {', '.join(unknown)} for a {kind} task; known: {', '.join(known)}")

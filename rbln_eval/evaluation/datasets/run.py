@@ -1,10 +1,12 @@
-"""Evaluate a classifier bundle on dataset tasks; results in lm_eval's results schema.
+"""Evaluate a classifier or extractive QA bundle on dataset tasks; results in lm_eval's results schema.
 
 Everything is checked before any device work: the task's kind against the bundle's family, its metrics, its
-dataset (loaded, ``--limit`` applied) and its labels against the model's. Examples are then prepared (decoded,
-resized, normalized, tokenized) by host threads one chunk ahead of the device: while the replicas run a chunk,
-the next one is being prepared, so the device waits on the host only when preparing a chunk costs more than
-running it. Chunks are whole batches per replica; the last batch is padded, the padding never counted.
+dataset (loaded, ``--limit`` applied) and its labels against the model's (a QA task: its gold answers). Examples
+are then prepared (decoded, resized, normalized, tokenized; a long QA context split into windows, one row each)
+by host threads one chunk ahead of the device: while the replicas run a chunk, the next one is being prepared,
+so the device waits on the host only when preparing a chunk costs more than running it. Chunks are whole batches
+per replica; the last batch is padded, the padding never counted. The family turns an example's rows' outputs
+into its prediction (logits; an answer span), which :mod:`.classify` or :mod:`.answers` score.
 """
 
 from __future__ import annotations
@@ -16,33 +18,32 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 from rbln_eval.core.classifier import BundleClassifier
 from rbln_eval.core.work import Media
-from rbln_eval.errors import ConfigError
-from rbln_eval.evaluation.datasets.labels import BY_INDEX, match_labels, model_labels
-from rbln_eval.evaluation.datasets.metrics import METRICS, check_metrics
+from rbln_eval.errors import ConfigError, RblnEvalError
+from rbln_eval.evaluation.datasets.answers import dataset_answers, score_answers
+from rbln_eval.evaluation.datasets.classify import ClassLabels, class_labels, score_classes
+from rbln_eval.evaluation.datasets.metrics import check_metrics
 from rbln_eval.evaluation.datasets.spec import DatasetTask
 
 #: Batches per replica prepared at a time: one chunk runs while the next is prepared.
 CHUNK_BATCHES = 4
 #: The columns that may name files (read from the task's folder when relative).
 MEDIA_ROLES = ("image", "audio")
-#: The top predictions recorded per sample with ``--log_samples``.
-TOP_K = 5
 
 
 @dataclass
 class PreparedTask:
-    """A task ready to run: its examples, their labels as dataset indices, the model id of each dataset label."""
+    """A task ready to run: its examples (``--limit`` applied) and what they are scored against: the labels of a
+    classification task, or the gold answers of a QA task."""
 
     task: DatasetTask
     dataset: Any
-    label_names: list[str]
-    y_true: np.ndarray
-    model_ids: list[int]
     original: int
-    model_labels: list[str]
+    labels: ClassLabels | None = None
+    answers: list[list[str]] | None = None
 
 
 def load_examples(task: DatasetTask) -> Any:
@@ -64,50 +65,29 @@ def load_examples(task: DatasetTask) -> Any:
         ) from None
 
 
-def dataset_labels(task: DatasetTask, dataset: Any, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """The dataset's label names and every example's label as an index into them."""
-    if task.label not in dataset.column_names:
-        raise ConfigError(f"task {task.name}: the dataset has no label column {task.label!r} ({', '.join(dataset.column_names)})")
-    values = dataset[task.label]
-    feature = dataset.features[task.label]
-    if hasattr(feature, "names"):
-        return list(feature.names), np.asarray(values, dtype=np.int64)
-    if task.label_names:
-        return list(task.label_names), np.asarray(values, dtype=np.int64)
-    if values and all(isinstance(v, str) for v in values):
-        names = sorted(set(values))
-        index = {name: i for i, name in enumerate(names)}
-        return names, np.asarray([index[v] for v in values], dtype=np.int64)
-    if task.label_map == BY_INDEX:
-        return [str(i) for i in range(len(labels))], np.asarray(values, dtype=np.int64)
-    raise ConfigError(
-        f"task {task.name}: label column {task.label!r} holds numbers without names: give label_names in the task "
-        "YAML, or label_map: by_index when they are the model's own ids"
-    )
-
-
 def limited(count: int, limit: float | None) -> int:
     if limit is None:
         return count
     return min(count, math.ceil(count * limit) if limit < 1 else int(limit))
 
 
-def prepare_task(task: DatasetTask, classifier: BundleClassifier, id2label: dict, limit: float | None) -> PreparedTask:
+def prepare_task(task: DatasetTask, classifier: BundleClassifier, id2label: Any, limit: float | None) -> PreparedTask:
     """Load ``task``'s dataset and check it against the bundle, before any device work."""
     family = classifier.family
     bundle = classifier.bundle.digest[:12]
     if task.kind != family.task_kind:
         raise ConfigError(f"task {task.name} is a {task.kind} task; bundle {bundle} is a {family.name} bundle")
-    check_metrics(task.name, task.metrics)
+    check_metrics(task.name, task.kind, task.metrics)
     dataset = load_examples(task)
     missing = [column for column in task.columns.values() if column not in dataset.column_names]
     if missing:
         raise ConfigError(f"task {task.name}: the dataset has no column {', '.join(map(repr, missing))} ({', '.join(dataset.column_names)})")
-    labels = model_labels(id2label)
-    names, y_true = dataset_labels(task, dataset, labels)
-    model_ids = match_labels(task.name, names, labels, task.label_map, bundle)
     count = limited(len(dataset), limit)
-    return PreparedTask(task, dataset.select(range(count)), names, y_true[:count], model_ids, len(dataset), labels)
+    if task.kind == "question-answering":
+        answers = dataset_answers(task, dataset.select(range(count)))
+        return PreparedTask(task, dataset.select(range(count)), len(dataset), answers=answers)
+    labels = class_labels(task, dataset, id2label, bundle)
+    return PreparedTask(task, dataset.select(range(count)), len(dataset), labels=labels.limited(count))
 
 
 def chunks(count: int, size: int) -> Iterator[range]:
@@ -115,31 +95,54 @@ def chunks(count: int, size: int) -> Iterator[range]:
         yield range(start, min(count, start + size))
 
 
-def run_task(classifier: BundleClassifier, prepared: PreparedTask, preprocessor: Any, log_samples: bool) -> tuple[dict[str, float], list[dict]]:
-    """Score one prepared task: its metrics, and its samples when ``log_samples``."""
+def run_task(
+    classifier: BundleClassifier, prepared: PreparedTask, preprocessor: Any, log_samples: bool,
+    outputs_seen: list[list[Any]] | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Score one prepared task: its metrics, and its samples when ``log_samples``; each example's rows' outputs are
+    appended to ``outputs_seen`` when given (``compare`` holds them against the reference's)."""
     task, dataset = prepared.task, prepared.dataset
     family = classifier.family
-
     files = {task.columns[role] for role in MEDIA_ROLES if role in task.columns}
 
-    def example_media(index: int) -> Media:
-        example = {name: task.resolve(value) if name in files and isinstance(value, str) else value
-                   for name, value in dataset[index].items()}
-        return Media(family.example_inputs(preprocessor, example, task.columns), 1, "")
+    def example(index: int) -> dict[str, Any]:
+        return {name: task.resolve(value) if name in files and isinstance(value, str) else value
+                for name, value in dataset[index].items()}
+
+    def example_rows(index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        fields = example(index)
+        return fields, family.example_features(preprocessor, fields, task.columns)
 
     size = classifier.batch_size * classifier.data_parallel * CHUNK_BATCHES
-    logits: list[np.ndarray] = []
+    predictions: list[Any] = []
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         parts = list(chunks(len(dataset), size))
-        ahead: Iterator[Media] | None = pool.map(example_media, parts[0]) if parts else None
+        ahead: Iterator[tuple[dict[str, Any], list[dict[str, Any]]]] | None = pool.map(example_rows, parts[0]) if parts else None
         for number in range(len(parts)):
-            media = list(ahead) if ahead is not None else []
-            ahead = pool.map(example_media, parts[number + 1]) if number + 1 < len(parts) else None
-            logits += [np.asarray(out.float().numpy() if hasattr(out, "numpy") else out) for out in classifier.forward(media)]
-    metrics, samples = score(prepared, np.stack(logits) if logits else np.zeros((0, 0)), log_samples)
+            prepared_rows = list(ahead) if ahead is not None else []
+            ahead = pool.map(example_rows, parts[number + 1]) if number + 1 < len(parts) else None
+            outputs = iter(classifier.forward([Media(row, 1, "") for _, rows in prepared_rows for row in rows]))
+            for fields, rows in prepared_rows:
+                mine = [host_outputs(next(outputs)) for _ in rows]
+                if outputs_seen is not None:
+                    outputs_seen.append(mine)
+                predictions.append(family.example_prediction(fields, task.columns, rows, mine, task.config))
+    if prepared.answers is not None:
+        metrics, samples = score_answers(prepared.answers, task.metrics, predictions, log_samples)
+    else:
+        assert prepared.labels is not None
+        logits = np.stack([np.asarray(p) for p in predictions]) if predictions else np.zeros((0, 0))
+        metrics, samples = score_classes(prepared.labels, task.metrics, logits, log_samples)
     if samples:
         add_hashes(prepared, samples)
     return metrics, samples
+
+
+def host_outputs(output: Any) -> Any:
+    """A row's outputs as float32 host tensors (a tensor, or a tuple of them)."""
+    if isinstance(output, tuple):
+        return tuple(host_outputs(o) for o in output)
+    return output.float() if hasattr(output, "float") else torch.as_tensor(output).float()
 
 
 def add_hashes(prepared: PreparedTask, samples: list[dict]) -> None:
@@ -158,25 +161,29 @@ def add_hashes(prepared: PreparedTask, samples: list[dict]) -> None:
         sample["target_hash"] = hash_string(str(sample["target"]))
 
 
-def score(prepared: PreparedTask, logits: np.ndarray, log_samples: bool) -> tuple[dict[str, float], list[dict]]:
-    """Metrics (and samples) of a task's logits ``[examples, model labels]``."""
-    ids = np.asarray(prepared.model_ids)
-    to_dataset = {model_id: index for index, model_id in enumerate(prepared.model_ids)}
-    predicted = logits.argmax(axis=1) if len(logits) else np.zeros(0, dtype=np.int64)
-    y_pred = np.asarray([to_dataset.get(int(p), -1) for p in predicted], dtype=np.int64)
-    scores = logits[:, ids] if len(logits) else np.zeros((0, len(ids)))
-    metrics = {name: METRICS[name](prepared.y_true, y_pred, scores) for name in prepared.task.metrics}
-    samples = []
-    if log_samples:
-        for doc_id, (row, truth, guess) in enumerate(zip(logits, prepared.y_true, y_pred)):
-            top = np.argsort(-row)[:TOP_K]
-            label = prepared.label_names[guess] if guess >= 0 else f"(model label {prepared.model_labels[int(row.argmax())]})"
-            samples.append({
-                "doc_id": doc_id, "target": prepared.label_names[int(truth)], "resps": [[label]], "filtered_resps": [label],
-                "prediction": label, "correct": bool(guess == truth),
-                "top_k": [[prepared.model_labels[int(i)], float(row[i])] for i in top],
-            })
-    return metrics, samples
+def prepare_tasks(classifier: BundleClassifier, tasks: Sequence[DatasetTask], limit: float | None) -> tuple[list[PreparedTask], Any]:
+    """Every task checked and loaded (before any device work), and the bundle's preprocessor."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(classifier.bundle.path))
+    prepared = [prepare_task(task, classifier, config.id2label, limit) for task in tasks]
+    preprocessor = classifier.family.load_preprocessor(classifier.bundle.path)
+    if classifier.family.checks_examples:
+        for ready in prepared:
+            check_examples(classifier.family, ready, preprocessor)
+    return prepared, preprocessor
+
+
+def check_examples(family: Any, prepared: PreparedTask, preprocessor: Any) -> None:
+    """Every example of a task checked by its family (an audio clip's sampling rate), before any device work."""
+    task = prepared.task
+    files = {task.columns[role] for role in MEDIA_ROLES if role in task.columns}
+    for index, row in enumerate(prepared.dataset.select_columns(sorted(set(task.columns.values())))):
+        example = {name: task.resolve(value) if name in files and isinstance(value, str) else value for name, value in row.items()}
+        try:
+            family.check_example(preprocessor, example, task.columns)
+        except RblnEvalError as exc:
+            raise type(exc)(f"task {task.name}, example {index}: {exc.what}", exc.hint) from None
 
 
 def evaluate_dataset_tasks(
@@ -184,11 +191,7 @@ def evaluate_dataset_tasks(
     on_task: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Results of ``classifier``'s bundle on ``tasks`` in lm_eval's schema (``samples`` with ``log_samples``)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(classifier.bundle.path))
-    prepared = [prepare_task(task, classifier, config.id2label, limit) for task in tasks]  # every check first
-    preprocessor = classifier.family.load_preprocessor(classifier.bundle.path)
+    prepared, preprocessor = prepare_tasks(classifier, tasks, limit)
     results: dict[str, Any] = {
         "results": {}, "group_subtasks": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {},
         "n-samples": {}, "samples": {},

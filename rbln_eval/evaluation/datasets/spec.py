@@ -7,10 +7,11 @@ dataset_path: uoft-cs/cifar10      # as datasets.load_dataset takes it; a local 
 dataset_name: null
 split: test
 columns: {image: img}              # the model's inputs: image / audio / text, text_pair / question, context
-label: label                       # the label column: ClassLabel ints, or label names
+label: label                       # the label column: ClassLabel ints, or label names (QA: SQuAD's answers)
 label_names: null                  # the names of int labels that are not a ClassLabel
 label_map: null                    # {dataset label name: model label name}, or "by_index"
 metrics: [top1, top5]
+# question-answering only: unanswerable: true (SQuAD v2: the empty answer may win), max_answer_length: 30
 ```
 Relative ``data_files`` and file paths in the data are read from the YAML's folder.
 """
@@ -30,7 +31,10 @@ KIND_COLUMNS = {
     "image-classification": ("image",),
     "audio-classification": ("audio",),
     "text-classification": ("text", "text_pair"),
+    "question-answering": ("question", "context"),
 }
+#: How many of each kind's columns are required (the first ones); one unless said.
+REQUIRED_COLUMNS = {"question-answering": 2}
 TASK_KEY = "dataset_task"
 
 
@@ -63,7 +67,7 @@ class DatasetTask:
         if kind not in KIND_COLUMNS:
             raise ConfigError(f"dataset task {name}: kind {kind!r} is not one of {', '.join(KIND_COLUMNS)}")
         columns = dict(config.get("columns") or {})
-        absent = [role for role in KIND_COLUMNS[kind][:1] if role not in columns]
+        absent = [role for role in KIND_COLUMNS[kind][: REQUIRED_COLUMNS.get(kind, 1)] if role not in columns]
         if absent:
             raise ConfigError(f"dataset task {name}: columns must name the {', '.join(absent)} column")
         unknown = [role for role in columns if role not in KIND_COLUMNS[kind]]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from rbln_eval.core.audio import as_clip, check_rate
+from rbln_eval.core.audio import as_clip, check_rate, check_sampling_rate, clip_rate
 from rbln_eval.core.batched import BatchedForwardBackend
 from rbln_eval.core.classifier import BundleClassifier
 from rbln_eval.errors import ConfigError
@@ -82,6 +82,11 @@ class AudioClassificationFamily(Family):
                 f"takes {config.max_length} of {config.num_mel_bins}"
             )
         return extractor
+
+    checks_examples = True
+
+    def check_example(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> None:
+        check_sampling_rate(clip_rate(example[columns["audio"]]), int(preprocessor.sampling_rate), "the model's feature extractor")
 
     def example_inputs(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
         clip = as_clip(example[columns["audio"]])

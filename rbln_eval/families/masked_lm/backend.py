@@ -15,20 +15,7 @@ import torch
 
 from rbln_eval.core.counters import DeviceCounters
 from rbln_eval.core.shapes import ReplicaShape
-
-#: Model types whose position ids start after the padding index (RoBERTa's scheme): they hold fewer tokens.
-POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "data2vec-text"})
-
-
-def usable_length(model_config: Any, compiled: int) -> int:
-    """The tokens (special ones included) a sequence may hold: the compiled length, within the positions."""
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if positions is None:
-        return compiled
-    if getattr(model_config, "model_type", None) in POSITION_OFFSET_TYPES:
-        positions -= int(model_config.pad_token_id or 0) + 1
-    return min(compiled, int(positions))
-
+from rbln_eval.core.text_inputs import usable_length
 
 class MaskedLMBackend:
     """The encoder of an ``RBLN…ForMaskedLM`` loaded with runtimes."""

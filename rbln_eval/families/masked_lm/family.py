@@ -42,12 +42,7 @@ class MaskedLMFamily(Family):
     def matches(self, model_config: Any) -> bool:
         """A checkpoint of the masked-LM head itself: optimum-rbln's auto class reads ``architectures``, and a
         classifier's checkpoint has no masked-LM head to score with."""
-        from transformers.models.auto import modeling_auto
-
-        if not super().matches(model_config):
-            return False
-        mapping = getattr(modeling_auto, self.transformers_mapping)
-        return mapping[model_config.model_type] in (getattr(model_config, "architectures", None) or [])
+        return super().matches(model_config) and self.has_own_head(model_config)
 
     def backend(self, model: Any) -> MaskedLMBackend:
         return MaskedLMBackend(model)
