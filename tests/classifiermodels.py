@@ -1,6 +1,7 @@
 """Tiny text and audio classifiers built locally (seeded), and local dataset tasks over generated data.
 
-A RoBERTa sequence classifier (byte-level BPE trained on the demo corpus, NLI label names) with tasks of single
+A RoBERTa and an XLM-RoBERTa sequence classifier (byte-level BPE / SentencePiece unigram vocabularies trained on
+the demo corpus, NLI label names) with tasks of single
 sentences (``cls_sentences``) and sentence pairs (``cls_pairs``, MNLI-like), and an AST audio classifier (a small
 feature extractor, keyword label names) with a task of WAV clips (``cls_clips``). Each kind also has a task whose
 label names no model here has (``cls_text_other``, ``cls_clips_other``); the audio one a task whose last clip is at 8 kHz
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlmmodels import corpus_sentences
+from mlmmodels import corpus_sentences, train_bpe
 from speechmodels import SAMPLING_RATE, speech_clips, write_wav
 
 TEXT_LABELS = ("entailment", "neutral", "contradiction")
@@ -67,31 +68,38 @@ def pair_docs(count: int) -> list[dict[str, str]]:
     return docs
 
 
-def train_bpe(sentences: list[str], directory: Path) -> Any:
-    """A byte-level BPE (RoBERTa's) trained on ``sentences``, saved under ``directory``."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizer
+def train_unigram(sentences: list[str]) -> Any:
+    """A SentencePiece unigram vocabulary (XLM-RoBERTa's) trained on ``sentences``, as its tokenizer."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaTokenizer
 
-    trainer = ByteLevelBPETokenizer()
+    trainer = SentencePieceUnigramTokenizer()
     trainer.train_from_iterator(
-        sentences, vocab_size=VOCAB_SIZE, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        sentences, vocab_size=VOCAB_SIZE, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(directory))
-    return RobertaTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=MAX_TOKENS)
+    vocab = [(piece, score) for piece, score in json.loads(trainer.to_str())["model"]["vocab"]]
+    return XLMRobertaTokenizer(vocab=vocab, model_max_length=MAX_TOKENS)
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_text_classifier(root: str) -> Path:
-    """Save a tiny seeded RoBERTa sequence classifier of :data:`TEXT_LABELS` with its tokenizer; its path."""
+def tiny_text_classifier(root: str, kind: str = "roberta") -> Path:
+    """Save a tiny seeded ``roberta`` (byte-level BPE) or ``xlm-roberta`` (SentencePiece unigram) sequence classifier of
+    :data:`TEXT_LABELS` with its tokenizer; its path."""
     import torch
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+    from transformers import RobertaConfig, RobertaForSequenceClassification, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    out = Path(root) / "tiny-roberta-nli"
+    out = Path(root) / f"tiny-{kind}-nli"
     if (out / "config.json").is_file():
         return out
-    tokenizer = train_bpe(corpus_sentences(), out / "vocab")
-    config = RobertaConfig(
+    if kind == "roberta":
+        tokenizer = train_bpe(corpus_sentences(), out / "vocab")
+        config_class, model_class = RobertaConfig, RobertaForSequenceClassification
+    elif kind == "xlm-roberta":
+        tokenizer = train_unigram(corpus_sentences())
+        config_class, model_class = XLMRobertaConfig, XLMRobertaForSequenceClassification
+    else:
+        raise ValueError(kind)
+    config = config_class(
         vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, type_vocab_size=1,
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -99,7 +107,7 @@ def tiny_text_classifier(root: str) -> Path:
         id2label=dict(enumerate(TEXT_LABELS)), label2id={label: i for i, label in enumerate(TEXT_LABELS)},
     )
     torch.manual_seed(0)
-    model = RobertaForSequenceClassification(config).eval()
+    model = model_class(config).eval()
     encoded = [tokenizer(d["sentence"], truncation=True, max_length=MAX_TOKENS, return_tensors="pt") for d in sentence_docs(FITTED)]
     encoded += [tokenizer(d["premise"], d["hypothesis"], truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
                 for d in pair_docs(FITTED)]

@@ -1,4 +1,4 @@
-"""Text classifiers (a tiny RoBERTa built locally) scored on local dataset tasks of sentences and sentence pairs.
+"""Text classifiers (a tiny RoBERTa and XLM-RoBERTa built locally) scored on local dataset tasks of sentences and sentence pairs.
 
 Predictions equal transformers float32 on the same tokens, logits within 1e-4, metrics equal scikit-learn over
 transformers' predictions, at batch 1 and a compiled batch with a ragged last batch; data-parallel workers agree;
@@ -117,6 +117,15 @@ def test_predictions_logits_and_metrics_equal_transformers(batch: int, bundles: 
         assert [s["prediction"] for s in samples] == [TEXT_LABELS[i] for i in unpadded.argmax(axis=1)]
     calls = -(-EXAMPLES // batch) * len(TASKS)
     assert results["counters"] == {"model": {"calls": calls, "tokens": calls * batch}}
+
+
+def test_an_xlm_roberta_classifier_equals_transformers(scratch: Path, tasks: Path) -> None:
+    model = tiny_text_classifier(str(scratch / "models"), "xlm-roberta")
+    bundle = compile_bundle(plan_compile(str(model), CompileOptions(batch_size=BATCH)), Store(scratch / "store")).bundle
+    assert bundle.key.model_class == "text-classification" and bundle.key.compile["max_seq_len"] == MAX_TOKENS
+    results = evaluate(bundle, tasks)
+    for task in TASKS:
+        assert_equal_to_reference(results, task, reference(model, tasks, task))
 
 
 def test_data_parallel_predicts_identically(bundles: dict, tasks: Path) -> None:
