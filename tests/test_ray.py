@@ -121,6 +121,24 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(cluster, tmp_path: Path) 
         "put the store on a filesystem every node mounts, or give the sweep a remote to share the bundles through"
     )
 
+def test_a_qa_model_spreads_its_windows_over_replicas_on_both_nodes(cluster, tmp_path: Path) -> None:
+    from qamodels import qa_tasks, tiny_qa_model
+
+    from rbln_eval.api import evaluate_dataset_bundle, open_classifier
+    from rbln_eval.evaluation.evaluate import EvalOptions
+
+    model = tiny_qa_model(str(tmp_path / "models"), "distilbert")
+    bundle = compile_bundle(plan_compile(str(model), CompileOptions(batch_size=2)), Store(tmp_path / "store")).bundle
+    options = EvalOptions(tasks=["qa_local_v2"], include_path=str(qa_tasks(str(tmp_path), 6)), log_samples=True)
+    with open_classifier(bundle) as classifier:
+        single = evaluate_dataset_bundle(classifier, options)
+    with open_classifier(bundle, data_parallel=2, ray=cluster.address) as classifier:
+        spread = evaluate_dataset_bundle(classifier, options)
+    workers = spread["config"]["rbln"]["workers"]
+    assert len(workers) == 2 and all(worker["requests"] > 0 for worker in workers)
+    assert spread["results"] == single["results"] and spread["samples"] == single["samples"]
+
+
 def test_a_pool_grows_while_it_runs_and_gives_a_lost_replicas_work_to_the_others(cluster, tp2: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     from rbln_eval.execution.pool import PoolExecutor, RayTransport
 

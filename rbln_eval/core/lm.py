@@ -222,7 +222,7 @@ class BundleLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         fitted = self._fit_all(requests)
         chunk = self.shape.prefill_chunk if self.share_context_chunks else None
-        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits, prefill_chunk=chunk)
+        jobs = plan_loglikelihood(fitted, full_logits=self.shape.full_logits, prefill_chunk=chunk, steps_go_back=self.shape.steps_go_back)
         items = [job_work(job, fitted) for job in jobs]
         costs = [self.family.job_cost(self.shape, len(item.context), [len(c) for c in item.continuations]) for item in items]
         scored = self._run("loglikelihood", items, costs, [len(job.members) for job in jobs], disable_tqdm)

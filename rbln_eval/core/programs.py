@@ -169,6 +169,7 @@ class LoglikelihoodJob:
 
 def plan_loglikelihood(
     requests: Sequence[tuple[Sequence[int], Sequence[int]]], full_logits: bool, prefill_chunk: int | None = None,
+    steps_go_back: bool = True,
 ) -> list[LoglikelihoodJob]:
     """Group ``(context, continuation)`` token pairs into jobs, longest contexts first.
 
@@ -182,8 +183,12 @@ def plan_loglikelihood(
     single-token ones, and every other multi-token continuation gets a prefill of its own. With last-logit
     bundles a job takes requests until their decode steps exceed :data:`DECODE_BUDGET`, so that a context
     shared by many long continuations (the first window of every rolling document) is spread over all rows
-    instead of serialized on one.
+    instead of serialized on one. Where a row's decode steps cannot go back (``steps_go_back`` False: a
+    sliding-window cache shorter than the compiled length), every request is a job of its own.
     """
+    if not steps_go_back:
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+        return [LoglikelihoodJob(tuple(requests[i][0]), (i,)) for i in order]
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(requests):
         groups.setdefault(tuple(context), []).append(index)

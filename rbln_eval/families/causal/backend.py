@@ -31,7 +31,11 @@ class CausalBackend:
         self.decoder = model.decoders[self.batch_size]
         self.use_attention_mask = bool(config.use_attention_mask)
         self.counters = DeviceCounters()
-        self.shape = ReplicaShape(self.batch_size, self.max_length, prefill_chunk=self.prefill_chunk, full_logits=self.full_logits)
+        window = getattr(config, "sliding_window", None) if getattr(config, "cache_impl", "static") != "static" else None
+        self.shape = ReplicaShape(
+            self.batch_size, self.max_length, prefill_chunk=self.prefill_chunk, full_logits=self.full_logits,
+            sliding_window=int(window) if window else None,
+        )
         self.filled = [0] * self.batch_size  # positions of each row's KV cache written by its last prefills
 
     @property

@@ -9,9 +9,39 @@ from lm_eval.models.utils import has_bos_prefix
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.core.programs import Program
 from rbln_eval.core.shapes import ReplicaShape
-from rbln_eval.families.base import Family, Fitted
+from rbln_eval.errors import ConfigError
+from rbln_eval.families.base import CompileOptions, Family, Fitted
 from rbln_eval.families.causal.backend import CausalBackend
 from rbln_eval.families.causal.programs import causal_greedy_program, causal_loglikelihood_program
+
+
+#: Where optimum-rbln keeps the hidden state of the last prefill position only, for models with local attention.
+LOCAL_ATTENTION_LOGITS = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:DecoderOnlyForCausalLM.forward"
+
+
+def sliding_window(config: Any) -> int | None:
+    """The window of the language model's sliding-window layers as optimum-rbln compiles them (``None``: none).
+
+    Their KV cache keeps the last ``window`` positions in turn, not by position: once a row has passed the
+    window, a decode step cannot go back to an earlier position.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    all_global = set(getattr(text, "layer_types", None) or ()) == {"full_attention"}
+    if window is None or not getattr(text, "use_sliding_window", True) or all_global:
+        return None
+    return int(window)
+
+
+def refuse_local_attention_logits(model_type: str) -> None:
+    """A full-logit bundle of a model with sliding-window layers compiles, then fails on its first prefill."""
+    import optimum.rbln
+
+    raise ConfigError(
+        f"--logits all with {model_type}: optimum-rbln {optimum.rbln.__version__} returns one logit row per "
+        f"prefill chunk of a model with sliding-window layers ({LOCAL_ATTENTION_LOGITS})",
+        "compile it with --logits last",
+    )
 
 
 class CausalFamily(Family):
@@ -28,6 +58,12 @@ class CausalFamily(Family):
 
     def backend(self, model: Any) -> CausalBackend:
         return CausalBackend(model)
+
+    def rbln_config(self, options: CompileOptions, model_config: Any) -> dict[str, Any]:
+        config = super().rbln_config(options, model_config)
+        if config.get("logits_to_keep") == 0 and sliding_window(model_config) is not None:
+            refuse_local_attention_logits(str(getattr(model_config, "model_type", "this model")))
+        return config
 
     def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
         options: dict[str, Any] = {"logits_to_keep": 0 if logits == "all" else 1}
