@@ -9,9 +9,7 @@ the dataset evaluator and writes lm_eval's results schema.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ except sim.SimulatorConflictError:  # a real rebel SDK is installed: these tests
     pytest.skip("a real rebel SDK is installed", allow_module_level=True)
 
 from imagemodels import LABELS, image_tasks, tiny_image_classifier  # noqa: E402
+from lmhelpers import cli_in_process  # noqa: E402
 from remotehelpers import ok, one_line_exit_2, results_file  # noqa: E402
 from rbln_eval.api import CompileOptions, evaluate_dataset_bundle, open_classifier  # noqa: E402
 from rbln_eval.build.workflow import compile_bundle, plan_compile  # noqa: E402
@@ -126,8 +125,9 @@ def test_labels_that_do_not_match_stop_before_any_device_work(bundles: dict, tas
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RBLN_EVAL_SIMULATE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rbln_eval", *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+    """``rbln-eval ARGS`` in this process (on the simulator, activated above): its exit status and output."""
+    code, out, err = cli_in_process(*args)
+    return subprocess.CompletedProcess(["rbln-eval", *args], code, out, err)
 
 
 def test_run_scores_dataset_tasks_and_refuses_mixing(scratch: Path, tasks: Path, bundles: dict) -> None:

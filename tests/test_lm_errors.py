@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import tree_snapshot
-from lmhelpers import MODEL_DIRS, TASKS_DIR, demo_bundle
+from lmhelpers import MODEL_DIRS, TASKS_DIR, cli_in_process, demo_bundle
 from rbln_eval.errors import ConfigError, RblnEvalError
 from rbln_eval.identity import BundleKey
 from rbln_eval.lm import RBLNLM
@@ -19,8 +17,9 @@ from rbln_eval.store import BuildContext, Bundle, Store
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RBLN_EVAL_SIMULATE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rbln_eval", *args], capture_output=True, text=True, env=env, timeout=300)
+    """``rbln-eval ARGS`` in this process (on the simulator, activated by conftest): its exit status and output."""
+    code, out, err = cli_in_process(*args)
+    return subprocess.CompletedProcess(["rbln-eval", *args], code, out, err)
 
 
 def one_line_exit_2(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -9,9 +9,7 @@ and unanswerable tasks are refused in one line before any device work.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ try:
 except sim.SimulatorConflictError:  # a real rebel SDK is installed: these tests need the simulator
     pytest.skip("a real rebel SDK is installed", allow_module_level=True)
 
+from lmhelpers import cli_in_process  # noqa: E402
 from remotehelpers import ok, one_line_exit_2, results_file  # noqa: E402
 from speechmodels import MAX_AUDIO_SAMPLES, speech_clips, speech_tasks, tiny_wav2vec2, tiny_whisper  # noqa: E402
 from rbln_eval.api import CompileOptions, open_lm  # noqa: E402
@@ -244,8 +243,9 @@ def test_compile_options_that_do_not_apply_are_refused(models: dict) -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RBLN_EVAL_SIMULATE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rbln_eval", *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+    """``rbln-eval ARGS`` in this process (on the simulator): its exit status and output."""
+    code, out, err = cli_in_process(*args)
+    return subprocess.CompletedProcess(["rbln-eval", *args], code, out, err)
 
 
 def test_run_picks_rbln_audio_and_the_text_models_refuse(scratch: Path, models: dict, tasks: Path, bundles: dict) -> None:
