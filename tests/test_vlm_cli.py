@@ -99,10 +99,16 @@ def test_compare_against_hf_multimodal(env: dict[str, Any], digest: str, capsys:
     code, out, err = rbln_eval(
         capsys, "compare", digest, "--tasks", "vlm_gen,vlm_mc", "--include_path", str(env["tasks"]), "--limit", "4",
         "--tolerance", "1e-4", "--store", str(env["store"]), "--output", str(report_path),
+        "--model_args", "image_string=<image>,max_images=1",
     )
     assert code == 0, (out[-2000:], err[-2000:])
     report = json.loads(report_path.read_text())
     assert report["reference"]["model"] == "hf-multimodal"
+    assert report["reference"]["settings"] == {"image_string": "<image>", "max_images": 1}  # both sides took them
+    from rbln_eval.evaluation.compare import reference_lm
+
+    reference = reference_lm(Store(env["store"]).resolve(digest), settings=report["reference"]["settings"])
+    assert reference.image_token == "<image>" and reference.max_images == 1
     tasks = {task["task"]: task for task in report["tasks"]}
     assert tasks["vlm_gen"]["generation_agreement"] == 1.0
     assert tasks["vlm_mc"]["argmax_agreement"] == 1.0

@@ -8,11 +8,16 @@ strategy. A CLIP tower with the "full" strategy, and a SigLIP tower (no CLS), th
 image whatever rbln_config is passed. The LLaVA-NeXT models are the LLaVA ones with an image newline and anyres
 tiles of the tower's image size (:func:`as_llava_next`). ``rbln-eval compile`` refuses both in one line before the store is
 touched; compiled with optimum-rbln directly, each fails exactly where the refusal says, on graphs that are
-themselves right.
+themselves right. So are a BLIP-2 (optimum-rbln reads a config field transformers does not define; given it, the
+architecture is one ``rbln-vlm`` does not score) and a Pixtral LLaVA with the "default" strategy; a bundle with a
+tower ``rbln-vlm`` does not score is refused when it is opened.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +30,17 @@ from rbln_eval.api import CompileOptions
 from rbln_eval.build.workflow import plan_compile
 from rbln_eval.families.vision_language.compile import text_submodule, vlm_rbln_config
 from rbln_eval.families.vision_language.processors import load_processor
-from remotehelpers import cli, one_line_exit_2
+from lmhelpers import cli_in_process
+from remotehelpers import one_line_exit_2
 from vlmmodels import CHAT_TEMPLATE, make_image, tiny_llava, tiny_llava_siglip
 
 sim.activate()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``rbln-eval ARGS`` in this process (on the simulator): its exit status and output."""
+    code, out, err = cli_in_process(*args)
+    return subprocess.CompletedProcess(["rbln-eval", *args], code, out, err)
 
 LLAVA_BUFFERS = "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features"
 LLAVA_NEXT_BUFFERS = "optimum/rbln/transformers/models/llava_next/modeling_llava_next.py:get_image_features"
@@ -192,3 +204,96 @@ def test_optimum_rbln_itself_fails_where_the_refusal_says(models: dict[str, Path
             with pytest.raises(ValueError) as failure:
                 projector(compiled)
             assert str(failure.value) == projector_failure
+
+
+BLIP2_REFUSAL = (
+    "error: blip-2: optimum-rbln 0.12.0 reads vision_config.num_channels to compile it "
+    "(optimum/rbln/transformers/models/blip_2/modeling_blip_2.py:RBLNBlip2VisionModel._update_rbln_config), which "
+    "transformers 5.15.1's Blip2VisionConfig does not define and this config does not set: set num_channels in its "
+    "vision_config"
+)
+
+
+def test_a_blip2_is_refused_where_optimum_rbln_would_fail_to_compile(tmp_path: Path) -> None:
+    """transformers' BLIP-2 vision config has no ``num_channels``; optimum-rbln reads it to shape the tower's input."""
+    from optimum.rbln import RBLNAutoModelForImageTextToText
+    from transformers import AutoConfig
+
+    from vlmmodels_more import tiny_blip2
+
+    model_dir = tiny_blip2(str(tmp_path))
+    store = tmp_path / "store"
+    result = cli("compile", str(model_dir), "--npu", "RBLN-CA25", "--store", str(store))
+    assert one_line_exit_2(result, BLIP2_REFUSAL) == BLIP2_REFUSAL
+    assert result.stdout == "" and not store.exists()
+    config = AutoConfig.from_pretrained(model_dir)
+    rbln_config = {**vlm_rbln_config(CompileOptions(batch_size=1, max_seq_len=64), text_submodule(config)), "npu": "RBLN-CA25"}
+    with pytest.raises(AttributeError, match="'Blip2VisionConfig' object has no attribute 'num_channels'"):
+        RBLNAutoModelForImageTextToText.from_pretrained(
+            str(model_dir), export=True, rbln_config=rbln_config, model_save_dir=str(tmp_path / "bundle")
+        )
+
+
+def with_config(model_dir: Path, out: Path, **changes: Any) -> Path:
+    """A copy of ``model_dir`` whose ``config.json`` has ``changes`` (``vision_config.field`` for the tower's)."""
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    for name, value in changes.items():
+        part, _, field = name.rpartition("__")
+        (config[part] if part else config)[field] = value
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_an_architecture_rbln_vlm_does_not_score_is_refused_at_compile(tmp_path: Path) -> None:
+    """A BLIP-2 given the field optimum-rbln reads would compile, then be refused at scoring: compile refuses it."""
+    from vlmmodels_more import tiny_blip2
+
+    model_dir = with_config(tiny_blip2(str(tmp_path)), tmp_path / "blip2-channels", vision_config__num_channels=3)
+    store = tmp_path / "store"
+    result = cli("compile", str(model_dir), "--npu", "RBLN-CA25", "--store", str(store))
+    line = one_line_exit_2(result, "error: blip-2: rbln-vlm scores llava, llava_next, ")
+    assert line.endswith(
+        "; a blip-2 bundle would compile and load, then be refused at scoring: compile it with optimum-rbln directly "
+        "to use it outside rbln-eval"
+    )
+    assert not store.exists()
+
+
+def test_a_pixtral_llava_with_the_default_strategy_is_refused_at_compile(tmp_path: Path) -> None:
+    """transformers drops the first feature of the tower under "default"; a Pixtral tower has no CLS to drop."""
+    from vlmmodels_more import tiny_llava_pixtral
+
+    model_dir = with_config(tiny_llava_pixtral(str(tmp_path)), tmp_path / "pixtral-default", vision_feature_select_strategy="default")
+    store = tmp_path / "store"
+    result = cli("compile", str(model_dir), "--npu", "RBLN-CA25", "--store", str(store))
+    expected = (
+        "error: vision_feature_select_strategy='default' with a pixtral tower: transformers 5.15.1 drops the first of the "
+        "tower's features (transformers/models/llava/modeling_llava.py:LlavaModel.get_image_features), and a pixtral "
+        "tower has no CLS position to drop, so the image features are one short of the processor's image tokens: use "
+        "a checkpoint with the 'full' strategy (as Pixtral's own)"
+    )
+    assert one_line_exit_2(result, expected) == expected and not store.exists()
+
+
+def test_rbln_vlm_refuses_a_stored_llava_whose_tower_it_does_not_score(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle compile refuses may still reach a store (another tool, an older rbln-eval): here compiled with the
+    refusal switched off. Opening it as ``rbln-vlm`` refuses it by its tower, before any request."""
+    import rbln_eval.families.vision_language.compile as vlm_compile
+    from rbln_eval.api import open_lm
+    from rbln_eval.build.workflow import compile_bundle
+    from rbln_eval.errors import ConfigError
+    from rbln_eval.store import Store
+
+    monkeypatch.setattr(vlm_compile, "refuse_unrunnable", lambda config: None)
+    request = plan_compile(str(models["siglip"]), CompileOptions(batch_size=1, max_seq_len=64), npu="RBLN-CA25")
+    bundle = compile_bundle(request, Store(tmp_path / "store")).bundle
+    assert bundle.key.compile["image"]["model_type"] == "siglip_vision_model"
+    with pytest.raises(ConfigError) as refused:
+        open_lm(bundle)
+    assert str(refused.value).splitlines()[0] == (
+        f"bundle {bundle.digest[:12]} is a llava with a siglip_vision_model vision tower; rbln-vlm scores a llava with "
+        "clip_vision_model or pixtral towers only"
+    )

@@ -8,7 +8,9 @@ LM. Text-only prompts prefill from token ids. Three kinds of bundle (:func:`visi
 
 - :class:`VisionLanguageBackend`: a language model submodule (LLaVA, LLaVA-NeXT, Idefics3);
 - :class:`ImagePrefillBackend`: one whose image tokens have a prefill graph of their own (Gemma3);
-- :class:`MultimodalRopeBackend`: the model is the decoder, with 3-D rotary positions (Qwen2-VL, Qwen2.5-VL).
+- :class:`PrefixLMBackend`: one that prefills a whole prompt bidirectionally, decode steps causal (PaliGemma);
+- :class:`MultimodalRopeBackend`: the model is the decoder, with 3-D rotary positions (Qwen2-VL, Qwen2.5-VL,
+  Qwen3-VL, whose vision features also enter its first layers: deepstack).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rbln_eval.core.work import MediaPrompt
 #: Image feature sets kept per backend (most recently used).
 FEATURE_CACHE = 16
 #: Architectures whose image features the backend computes itself, once per image content.
-FEATURE_TYPES = ("llava", "gemma3")
+FEATURE_TYPES = ("llava", "gemma3", "paligemma")
 #: optimum-rbln's Gemma3 image features, which :class:`ImagePrefillBackend` does not use (see there).
 GEMMA3_IMAGE_FEATURES = "optimum/rbln/transformers/models/gemma3/modeling_gemma3.py:get_image_features"
 
@@ -39,6 +41,8 @@ def vision_language_backend(model: Any) -> "CausalBackend":
     text = next(getattr(model.rbln_config, name) for name in TEXT_SUBMODULES if name in submodules)
     if getattr(text, "use_image_prefill", False):
         return ImagePrefillBackend(model)
+    if getattr(text, "use_bidirectional_prefill", False):
+        return PrefixLMBackend(model)
     return VisionLanguageBackend(model)
 
 
@@ -110,7 +114,7 @@ class VisionLanguageBackend(CausalBackend):
 
 
 class MultimodalRopeBackend(CausalBackend):
-    """Qwen2-VL, Qwen2.5-VL: the model is the decoder; positions are 3-D (M-RoPE) with a per-row offset after
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: the model is the decoder; positions are 3-D (M-RoPE) with a per-row offset after
     the prompt.
 
     Prefill computes the row's input embeddings, position embeddings and ``rope_delta``
@@ -125,9 +129,9 @@ class MultimodalRopeBackend(CausalBackend):
         self.rope_deltas = [0] * self.batch_size
         self.dtype = model.rbln_config.dtype
 
-    def prefill_inputs(self, input_ids: torch.Tensor, images: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Input embeddings (image features in place of the image tokens), position embeddings and rope delta of
-        one prompt ``[1, L]``, as transformers computes them.
+    def prefill_inputs(self, input_ids: torch.Tensor, images: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, Any]]:
+        """Input embeddings (image features in place of the image tokens), position embeddings, rope delta and the
+        prefill's deepstack inputs (Qwen3-VL) of one prompt ``[1, L]``, as transformers computes them.
 
         optimum-rbln's ``_preprocess_prefill`` does the same for a batch, but counts each row's images by their
         ``<|vision_start|>`` tokens; a prompt whose images are bare image tokens (hf-multimodal's default
@@ -137,13 +141,19 @@ class MultimodalRopeBackend(CausalBackend):
         embeds = model.embed_tokens(input_ids)
         image_tokens = input_ids == model.config.image_token_id
         grid = images.get("image_grid_thw")
+        deepstack: dict[str, Any] = {}
         if images.get("pixel_values") is not None:
             features = model.visual(images["pixel_values"], grid_thw=grid)
+            if isinstance(features, tuple):  # Qwen3-VL: also the features added to the first layers' outputs
+                features, layers = features
+                stacked = torch.zeros(len(layers), input_ids.shape[1], embeds.shape[-1], dtype=self.dtype)
+                stacked[:, image_tokens[0]] = torch.stack(layers).to(self.dtype)
+                deepstack = {"visual_pos_mask": image_tokens, "deepstack_embeds": stacked}
             if int(image_tokens.sum()) != features.shape[0]:
                 raise ValueError(f"the prompt has {int(image_tokens.sum())} image tokens for {features.shape[0]} image features")
             embeds = embeds.masked_scatter(image_tokens.unsqueeze(-1).expand_as(embeds), features.to(embeds.dtype))
         position_ids, deltas = model._get_rope_index_func(input_ids, image_tokens.int(), grid, None)
-        return embeds, model._get_position_embeddings(embeds, position_ids), int(deltas.flatten()[0])
+        return embeds, model._get_position_embeddings(embeds, position_ids), int(deltas.flatten()[0]), deepstack
 
     def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
         cache_position = self.prefill_positions(len(tokens))
@@ -151,12 +161,12 @@ class MultimodalRopeBackend(CausalBackend):
         mask = torch.ones_like(input_ids)
         images = tokens.media.inputs if isinstance(tokens, MediaPrompt) else {}
         with torch.no_grad():
-            embeds, position_embed, self.rope_deltas[row] = self.prefill_inputs(input_ids, images)
+            embeds, position_embed, self.rope_deltas[row], deepstack = self.prefill_inputs(input_ids, images)
         if isinstance(tokens, MediaPrompt):
             self.counters.add("vision", tokens.media.count, tokens.media.count)
         output = self.model.prefill_decoder(
             inputs_embeds=embeds, attention_mask=mask[0], cache_position=cache_position, batch_idx=row,
-            position_embed=position_embed,
+            position_embed=position_embed, **deepstack,
         )
         return self.prefill_logits(output, len(tokens))
 
@@ -235,6 +245,48 @@ class ImagePrefillBackend(VisionLanguageBackend):
         output = self.decoder(
             input_ids=input_ids, cache_position=torch.tensor(slots, dtype=torch.int32).unsqueeze(1),
             position_ids=torch.tensor(list(positions), dtype=torch.int32).unsqueeze(1), attention_mask=mask,
+        )
+        self.counters.add("decode", 1, self.batch_size)
+        return output.logits[:, -1, :]
+
+
+class PrefixLMBackend(VisionLanguageBackend):
+    """PaliGemma: a prompt (the prefix: images and text) is prefilled as one chunk attending bidirectionally, as
+    transformers attends over it; decode steps attend causally. Position ids are the cache positions, from 0, as
+    optimum-rbln's prefill takes them: rotary attention depends on differences of positions only, so they give the
+    logits of transformers' PaliGemma, which counts from 1.
+
+    The image features are computed here (:meth:`image_features`): optimum-rbln's ``get_image_features`` sizes the
+    tower's output by ``vision_config.num_image_tokens``, which a config may lack; the tower's patches are the same.
+    """
+
+    def image_features(self, image_inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[images, patches, hidden]``: the vision tower one image at a time, the projector, and the division by
+        the square root of the hidden size the language model's graph multiplies its input embeddings by."""
+        pixels = image_inputs["pixel_values"].to(self.vlm.rbln_config.vision_tower.dtype)
+        tower = self.vlm.rbln_submodules[0]
+        hidden = torch.cat([tower(pixels[i : i + 1]).last_hidden_state for i in range(pixels.shape[0])])
+        features = self.vlm.multi_modal_projector(hidden.to(self.vlm.rbln_config.dtype))
+        return features / (self.vlm.config.text_config.hidden_size**0.5)
+
+    def open(self, row: int, tokens: Sequence[int]) -> torch.Tensor:
+        cache_position = self.prefill_positions(len(tokens))
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long)
+        with torch.no_grad():
+            embeds = self.embed(tokens) if isinstance(tokens, MediaPrompt) else self.token_embeddings(input_ids)
+        output = self.model.prefill_decoder(
+            inputs_embeds=embeds, attention_mask=torch.ones(len(tokens), dtype=torch.long), cache_position=cache_position,
+            batch_idx=row, position_ids=cache_position,
+        )
+        return self.prefill_logits(output, len(tokens))
+
+    def step(self, tokens: Sequence[int], positions: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
+        if max(positions) >= self.max_length:
+            raise ValueError(f"decode position {max(positions)} is beyond the compiled length {self.max_length}")
+        cache_position = torch.tensor(list(positions), dtype=torch.int32).unsqueeze(1)
+        output = self.decoder(
+            input_ids=torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1), cache_position=cache_position,
+            attention_mask=self._decode_mask(positions), position_ids=cache_position,
         )
         self.counters.add("decode", 1, self.batch_size)
         return output.logits[:, -1, :]

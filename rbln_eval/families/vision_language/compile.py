@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rbln_eval.errors import ConfigError
+from rbln_eval.families.causal.family import refuse_local_attention_logits, sliding_window
 
 if TYPE_CHECKING:
     from rbln_eval.families.base import CompileOptions
@@ -27,13 +28,16 @@ _TOP_IMAGE_FIELDS = (
     "image_token_id", "image_token_index", "scale_factor",
 )
 #: Architectures whose vision tower is compiled for a given number of patches per image (``visual.max_seq_len``).
-PATCHES_PER_IMAGE_TYPES = ("qwen2_vl", "qwen2_5_vl")
+PATCHES_PER_IMAGE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 #: Architectures whose language model prefills image tokens with a graph of their own (optimum-rbln's image prefill).
 IMAGE_PREFILL_TYPES = ("gemma3",)
-#: Where optimum-rbln keeps the hidden state of the last prefill position only, for models with local attention.
-LOCAL_ATTENTION_LOGITS = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:DecoderOnlyForCausalLM.forward"
+#: Prefix-LM architectures: optimum-rbln prefills a whole prompt as one chunk attending bidirectionally, as
+#: transformers attends over the prompt; decode steps (the continuation) attend causally.
+PREFIX_LM_TYPES = ("paligemma",)
+#: Where optimum-rbln's prefill attends bidirectionally (attention mask + position ids, no image prefill graph).
+BIDIRECTIONAL_PREFILL = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:AttentionOp.forward"
 #: Architectures whose bundles rbln-eval scores with images (the others compile and load).
-SCORED_VLM_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3")
+SCORED_VLM_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3", "paligemma", "qwen3_vl")
 #: Where optimum-rbln sizes a LLaVA's (and a LLaVA-NeXT's, per tile) image buffers at run time (not from the
 #: rbln_config): the vision output as the patches plus a CLS position, the projector's output as the patches
 #: only — while ``_update_rbln_config`` compiles the projector for the patches plus CLS under the "full" strategy.
@@ -41,11 +45,28 @@ LLAVA_IMAGE_BUFFERS = {
     "llava": "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features",
     "llava_next": "optimum/rbln/transformers/models/llava_next/modeling_llava_next.py:get_image_features",
 }
+#: Architectures whose prompts take one image only through optimum-rbln, and where it fails with more: LLaVA-NeXT's
+#: ``get_image_features`` sizes the projector's output for every image's tiles as padded to the most tiled image's
+#: count, then splits it by each image's own tiles, so two images tiled differently fail.
+SINGLE_IMAGE_TYPES = {"llava_next": LLAVA_IMAGE_BUFFERS["llava_next"]}
+#: Where transformers drops a LLaVA tower's first feature (its CLS position) under the "default" strategy.
+LLAVA_DEFAULT_STRATEGY = "transformers/models/llava/modeling_llava.py:LlavaModel.get_image_features"
 #: LLaVA vision towers whose output is the patches only (no CLS position), by ``vision_config.model_type``.
 NO_CLS_TOWERS = {"siglip_vision_model": "SigLIP"}
 #: LLaVA vision towers whose buffers follow ``vision_tower.max_image_size`` instead (padded patches; LLaVA only,
 #: LLaVA-NeXT's buffers never do).
 PADDED_TOWERS = ("pixtral",)
+#: The vision towers (``vision_config.model_type``) ``rbln-vlm`` scores, by architecture; the architectures not named
+#: here are scored with the one tower they have.
+SCORED_TOWERS = {"llava": ("clip_vision_model", "pixtral"), "llava_next": ("clip_vision_model",)}
+#: Config fields optimum-rbln reads at compile that transformers' configs do not define, by model type: (sub-config,
+#: field, where optimum-rbln reads it).
+UNDEFINED_CONFIG_FIELDS = {
+    "blip-2": (
+        "vision_config", "num_channels",
+        "optimum/rbln/transformers/models/blip_2/modeling_blip_2.py:RBLNBlip2VisionModel._update_rbln_config",
+    ),
+}
 
 
 def supported_vlm_types() -> list[str]:
@@ -104,20 +125,6 @@ def default_max_seq_len(config: Any) -> int | None:
     return int(value) if value else None
 
 
-def sliding_window(config: Any) -> int | None:
-    """The window of the language model's sliding-window layers as optimum-rbln compiles them (``None``: none).
-
-    Their KV cache keeps the last ``window`` positions in order, not by position: once a row has passed the
-    window, a decode step cannot go back to an earlier position.
-    """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    window = getattr(text, "sliding_window", None)
-    all_global = set(getattr(text, "layer_types", None) or ()) == {"full_attention"}
-    if window is None or not getattr(text, "use_sliding_window", True) or all_global:
-        return None
-    return int(window)
-
-
 def refuse_unrunnable(config: Any) -> None:
     """Raise :class:`ConfigError` for a LLaVA or LLaVA-NeXT that optimum-rbln compiles but whose first image
     would fail.
@@ -127,6 +134,13 @@ def refuse_unrunnable(config: Any) -> None:
     strategy keeping it, cannot run.
     """
     model_type = getattr(config, "model_type", None)
+    refuse_undefined_fields(config)
+    if model_type not in SCORED_VLM_TYPES:
+        raise ConfigError(
+            f"{model_type}: rbln-vlm scores {', '.join(SCORED_VLM_TYPES)}; a {model_type} bundle would compile and "
+            "load, then be refused at scoring",
+            "compile it with optimum-rbln directly to use it outside rbln-eval",
+        )
     if model_type not in LLAVA_IMAGE_BUFFERS:
         return
     import optimum.rbln
@@ -134,6 +148,14 @@ def refuse_unrunnable(config: Any) -> None:
     vision = config.vision_config
     tower = getattr(vision, "model_type", None)
     if model_type == "llava" and tower in PADDED_TOWERS:
+        if config.vision_feature_select_strategy != "full":
+            raise ConfigError(
+                f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} with a {tower} tower: "
+                f"transformers {transformers_version()} drops the first of the tower's features "
+                f"({LLAVA_DEFAULT_STRATEGY}), and a {tower} tower has no CLS position to drop, so the image features "
+                "are one short of the processor's image tokens",
+                "use a checkpoint with the 'full' strategy (as Pixtral's own)",
+            )
         return
     version = optimum.rbln.__version__
     buffers = LLAVA_IMAGE_BUFFERS[model_type]
@@ -147,6 +169,12 @@ def refuse_unrunnable(config: Any) -> None:
             f"{name} tower outputs, so the bundle would fail on its first image",
             "use a checkpoint with a CLIP vision tower",
         )
+    if tower not in NO_CLS_TOWERS and unscored_tower(config) is not None:
+        scored = " or ".join(SCORED_TOWERS[model_type])
+        raise ConfigError(
+            f"a {model_type} with a {tower} vision tower: rbln-vlm scores a {model_type} with {scored} towers only",
+            "use a checkpoint with one of those towers",
+        )
     if config.vision_feature_select_strategy == "full":
         kind = "CLIP" if tower == "clip_vision_model" else str(tower)
         raise ConfigError(
@@ -155,6 +183,39 @@ def refuse_unrunnable(config: Any) -> None:
             "so the CLS position does not fit",
             "use a checkpoint with the 'default' strategy",
         )
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def unscored_tower(config: Any) -> str | None:
+    """The vision tower of ``config`` when ``rbln-vlm`` does not score it with that architecture (:data:`SCORED_TOWERS`)."""
+    towers = SCORED_TOWERS.get(getattr(config, "model_type", None) or "")
+    tower = getattr(getattr(config, "vision_config", None), "model_type", None)
+    return str(tower) if towers is not None and tower not in towers else None
+
+
+def refuse_undefined_fields(config: Any) -> None:
+    """Raise :class:`ConfigError` for a model whose config lacks a field optimum-rbln reads to compile it
+    (:data:`UNDEFINED_CONFIG_FIELDS`): optimum-rbln would fail with an ``AttributeError`` midway."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in UNDEFINED_CONFIG_FIELDS:
+        return
+    import optimum.rbln
+    import transformers
+
+    part, name, reader = UNDEFINED_CONFIG_FIELDS[model_type]
+    sub_config = getattr(config, part)
+    if hasattr(sub_config, name):
+        return
+    raise ConfigError(
+        f"{model_type}: optimum-rbln {optimum.rbln.__version__} reads {part}.{name} to compile it ({reader}), which "
+        f"transformers {transformers.__version__}'s {type(sub_config).__name__} does not define and this config does not set",
+        f"set {name} in its {part}",
+    )
 
 
 def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -177,26 +238,24 @@ def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
         text.setdefault("max_seq_len", length)
     if model_type in IMAGE_PREFILL_TYPES:
         image_prefill_settings(text, config)
+    if text.get("logits_to_keep") == 0 and sliding_window(config) is not None:
+        refuse_local_attention_logits(str(model_type))  # its first prefill would fail
+    if model_type in PREFIX_LM_TYPES and text.get("logits_to_keep") == 0:
+        import optimum.rbln
+
+        raise ConfigError(
+            f"--logits all with {model_type}: optimum-rbln {optimum.rbln.__version__} prefills a prompt bidirectionally "
+            f"({BIDIRECTIONAL_PREFILL}), so the logits of a prompt position see the tokens after it and score nothing",
+            "compile it with --logits last",
+        )
     rbln_config["image"] = image_settings(config)
     return rbln_config
 
 
 def image_prefill_settings(text: dict[str, Any], config: Any) -> None:
-    """Gemma3's language model settings: its prefill chunk is an image's token count, and it keeps last logits.
-
-    optimum-rbln compiles the text and the image prefill graphs for one chunk size, the image's
-    (``mm_tokens_per_image``); and a prefill of a model with sliding-window layers returns the logits of its
-    last position only (:data:`LOCAL_ATTENTION_LOGITS`), so a full-logit bundle would fail on its first prompt.
-    """
-    import optimum.rbln
-
+    """Gemma3's language model settings: optimum-rbln compiles the text and the image prefill graphs for one chunk
+    size, the image's (``mm_tokens_per_image``)."""
     text.setdefault("prefill_chunk_size", config.mm_tokens_per_image)
-    if text.get("logits_to_keep") == 0:
-        raise ConfigError(
-            f"--logits all with {config.model_type}: optimum-rbln {optimum.rbln.__version__} returns one logit row per "
-            f"prefill chunk of a model with sliding-window layers ({LOCAL_ATTENTION_LOGITS})",
-            "compile it with --logits last",
-        )
 
 
 def image_settings(config: Any) -> dict[str, Any]:

@@ -69,4 +69,4 @@ class VisionLanguageFamily(CausalFamily):
     def reference_lm(
         self, pretrained: str, revision: str | None, device: str, max_length: int | None, batch_size: int, **settings: Any,
     ) -> Any:
-        return multimodal_reference_lm(pretrained, revision, device, max_length)
+        return multimodal_reference_lm(pretrained, revision, device, max_length, **settings)

@@ -25,14 +25,18 @@ from rbln_eval.errors import ConfigError
 from rbln_eval.core.work import GenerateWork, Media, ScoreWork
 from rbln_eval.core.lm import BundleLM
 from rbln_eval.util.values import as_bool, as_int
-from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, sliding_window
-from rbln_eval.families.vision_language.processors import load_processor
+from rbln_eval.families.vision_language.compile import (
+    PREFIX_LM_TYPES,
+    SCORED_TOWERS,
+    SCORED_VLM_TYPES,
+    SINGLE_IMAGE_TYPES,
+    unscored_tower,
+)
+from rbln_eval.families.causal.family import sliding_window
+from rbln_eval.families.vision_language.processors import TOKEN_FIELDS, encode_prefix_and_suffix, load_processor
 from rbln_eval.errors import MultimodalRequestError
 
 logger = logging.getLogger(__name__)
-
-#: Processor outputs with one value per token (not image inputs).
-TOKEN_FIELDS = ("attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
 def image_fingerprint(images: Sequence[Any]) -> str:
@@ -64,7 +68,7 @@ class MultimodalEncoding:
         image_token_id: int | str | None = None,
         image_string: str | None = None,
         interleave: bool | str = True,
-        max_images: int | str | None = 999,
+        max_images: int | str | None = None,
         convert_img_format: bool | str = False,
         image_width: int | str | None = None,
         image_height: int | str | None = None,
@@ -76,6 +80,12 @@ class MultimodalEncoding:
                 f"multimodal scoring is verified for {', '.join(SCORED_VLM_TYPES)}; bundle "
                 f"{self.bundle.digest[:12]} is {model_type} (it compiles and loads, but is not scored yet)"
             )
+        tower = unscored_tower(config)
+        if tower is not None:
+            raise ConfigError(
+                f"bundle {self.bundle.digest[:12]} is a {model_type} with a {tower} vision tower; rbln-vlm scores a "
+                f"{model_type} with {' or '.join(SCORED_TOWERS[model_type])} towers only"
+            )
         if processor is None:
             raise ConfigError(
                 f"the processor of bundle {self.bundle.digest[:12]} cannot be built on this machine "
@@ -86,6 +96,8 @@ class MultimodalEncoding:
         self.model_type = model_type
         self.interleave = as_bool(interleave, "interleave")
         self.max_images = as_int(max_images, "max_images") or 999
+        if model_type in SINGLE_IMAGE_TYPES and max_images is not None and self.max_images > 1:
+            raise ConfigError(self._single_image_refusal(f"max_images={self.max_images}"), "pass max_images=1")
         self.rgb = as_bool(convert_img_format, "convert_img_format")
         self.image_width = as_int(image_width, "image_width")
         self.image_height = as_int(image_height, "image_height")
@@ -128,9 +140,20 @@ class MultimodalEncoding:
             raise MultimodalRequestError("a multimodal request has no 'visual' images in its arguments")
         images = [resize_image(img, self.image_width, self.image_height, self.image_max_side) for img in visuals]
         images = images[: self.max_images]
+        if len(images) > 1 and self.model_type in SINGLE_IMAGE_TYPES:
+            raise MultimodalRequestError(self._single_image_refusal(f"a request with {len(images)} images"), "pass max_images=1")
         if self.rgb:
             images = [img.convert("RGB") for img in images]
         return images
+
+    def _single_image_refusal(self, what: str) -> str:
+        import optimum.rbln
+
+        return (
+            f"{what} for a {self.model_type}: optimum-rbln {optimum.rbln.__version__} takes one image per prompt "
+            f"({SINGLE_IMAGE_TYPES[self.model_type]} sizes the projector's output for the tiles of all images padded "
+            "to the most tiled one's, then splits it by each image's own tiles)"
+        )
 
     def _with_image_tokens(self, text: str) -> str:
         """``text`` with its ``<image>`` placeholders as the model's image token, as hf-multimodal's generation
@@ -172,9 +195,15 @@ class MultimodalEncoding:
             spaces = len(context) - len(context.rstrip())
             if spaces:
                 context, continuation = context[:-spaces], context[-spaces:] + continuation
-            whole, image_inputs = self._encode(context + continuation, images)
-            context_tokens, _ = self._encode(context, images)
-            continuation_tokens = whole[len(context_tokens) :]
+            if self.model_type in PREFIX_LM_TYPES:  # the context is the prompt, the continuation its suffix
+                context_tokens, continuation_tokens, image_inputs = encode_prefix_and_suffix(
+                    self.processor, context, continuation, images
+                )
+                whole = context_tokens + continuation_tokens
+            else:
+                whole, image_inputs = self._encode(context + continuation, images)
+                context_tokens, _ = self._encode(context, images)
+                continuation_tokens = whole[len(context_tokens) :]
             if not continuation_tokens:
                 raise MultimodalRequestError("a loglikelihood request has an empty continuation")
             self._check_fits(whole[:-1], self.max_length, "a request")
@@ -241,6 +270,11 @@ class VisionLanguageLM(MultimodalEncoding, BundleLM):
 
         config = AutoConfig.from_pretrained(str(self.bundle.path))
         self._setup_multimodal(load_processor(self.bundle.path, config.model_type), config, **multimodal)
+        self.multimodal_settings = {name: value for name, value in multimodal.items() if value is not None}
+
+    def reference_settings(self) -> dict[str, Any]:
+        """The multimodal model_args (``image_string``, ``max_images``…): ``hf-multimodal`` takes the same ones."""
+        return dict(self.multimodal_settings)
 
     # ---- loglikelihood -------------------------------------------------------------------------------
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

@@ -2,8 +2,9 @@
 
 ``hf-multimodal`` refuses multimodal ``loglikelihood`` requests; :class:`HFMultimodalReference` scores them
 with one transformers forward per request over hf-multimodal's own encoding of the context, continuation
-and images, so multiple-choice image tasks can be compared too. Its processor is the one ``rbln-vlm`` builds
-(:func:`~rbln_eval.families.vision_language.processors.load_processor`: transformers' own where it can be built,
+and images, so multiple-choice image tasks can be compared too (a prefix-LM's, PaliGemma's: the context as its
+prompt and the continuation as its suffix, attended causally, as ``rbln-vlm`` scores it). Its processor is the one
+``rbln-vlm`` builds (:func:`~rbln_eval.families.vision_language.processors.load_processor`: transformers' own where it can be built,
 Qwen2-VL's without its video processor where torchvision is missing). Everything else is ``hf-multimodal``'s.
 """
 
@@ -17,7 +18,8 @@ from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
 from lm_eval.models.utils import replace_placeholders
 from tqdm import tqdm
 
-from rbln_eval.families.vision_language.processors import load_processor
+from rbln_eval.families.vision_language.compile import PREFIX_LM_TYPES
+from rbln_eval.families.vision_language.processors import encode_prefix_and_suffix, load_processor
 
 
 class HFMultimodalReference(HFMultimodalLM):
@@ -44,9 +46,17 @@ class HFMultimodalReference(HFMultimodalLM):
             text = context
             if not self.chat_applied:  # <image> placeholders as the model's image token, as rbln-vlm's contexts
                 text = replace_placeholders(context, DEFAULT_IMAGE_PLACEHOLDER, self.image_token, self.max_images)
-            context_enc, continuation_enc, image_enc = self._encode_multimodal_pair(text, continuation, images)
+            prefix_lm = getattr(self.config, "model_type", None) in PREFIX_LM_TYPES
+            if prefix_lm:
+                spaces = len(text) - len(text.rstrip())  # as hf-multimodal's pair encoding
+                pair = (text[:-spaces], text[-spaces:] + continuation) if spaces else (text, continuation)
+                context_enc, continuation_enc, image_enc = encode_prefix_and_suffix(self.processor, *pair, images)
+            else:
+                context_enc, continuation_enc, image_enc = self._encode_multimodal_pair(text, continuation, images)
             whole = list(context_enc) + list(continuation_enc)
             inputs = {k: self._image_tensor(v) for k, v in image_enc.items()}
+            if prefix_lm:  # the prefix attends bidirectionally, the suffix causally
+                inputs["token_type_ids"] = torch.tensor([[0] * len(context_enc) + [1] * len(continuation_enc)], device=self.device)
             with torch.no_grad():
                 logits = self.model(input_ids=torch.tensor([whole], device=self.device), **inputs).logits[0]
             scored = torch.log_softmax(logits[len(context_enc) - 1 : len(whole) - 1].float(), dim=-1)
@@ -64,9 +74,12 @@ class HFMultimodalReference(HFMultimodalLM):
         return tensor.to(self.model.dtype) if tensor.is_floating_point() else tensor
 
 
-def multimodal_reference_lm(pretrained: str, revision: str | None, device: str, max_length: int | None = None) -> Any:
-    """``hf-multimodal`` in float32 at batch size 1 (left padding of larger batches changes greedy answers)."""
-    kwargs: dict[str, Any] = {}
+def multimodal_reference_lm(
+    pretrained: str, revision: str | None, device: str, max_length: int | None = None, **settings: Any,
+) -> Any:
+    """``hf-multimodal`` in float32 at batch size 1 (left padding of larger batches changes greedy answers), with the
+    bundle lm's multimodal ``settings`` (``image_string``, ``max_images``…)."""
+    kwargs: dict[str, Any] = dict(settings)
     if revision:
         kwargs["revision"] = revision
     if max_length:
