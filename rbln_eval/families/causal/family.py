@@ -44,6 +44,14 @@ def refuse_local_attention_logits(model_type: str) -> None:
     )
 
 
+def causal_compile_options(max_seq_len: int | None, logits: str) -> dict[str, Any]:
+    """optimum-rbln's spelling of ``--max-seq-len`` and ``--logits`` for a decoder-only LM."""
+    options: dict[str, Any] = {"logits_to_keep": 0 if logits == "all" else 1}
+    if max_seq_len is not None:
+        options["max_seq_len"] = max_seq_len
+    return options
+
+
 class CausalFamily(Family):
     """Decoder-only LMs: chunked prefill of one row, then batched decode steps."""
 
@@ -66,10 +74,7 @@ class CausalFamily(Family):
         return config
 
     def compile_options(self, max_seq_len: int | None, logits: str) -> dict[str, Any]:
-        options: dict[str, Any] = {"logits_to_keep": 0 if logits == "all" else 1}
-        if max_seq_len is not None:
-            options["max_seq_len"] = max_seq_len
-        return options
+        return causal_compile_options(max_seq_len, logits)
 
     def fit(self, shape: ReplicaShape, context: list[int], continuation: list[int]) -> Fitted:
         whole = context + continuation

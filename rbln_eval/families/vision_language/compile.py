@@ -8,11 +8,12 @@ takes input embeddings, since image features are scattered into them before pref
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rbln_eval.errors import ConfigError
-from rbln_eval.families.causal.family import refuse_local_attention_logits, sliding_window
+from rbln_eval.families.causal.family import causal_compile_options, refuse_local_attention_logits, sliding_window
 
 if TYPE_CHECKING:
     from rbln_eval.families.base import CompileOptions
@@ -99,23 +100,19 @@ def text_submodule(config: Any) -> str | None:
 
 
 def vlm_rbln_config(options: "CompileOptions", submodule: str | None) -> dict[str, Any]:
-    """optimum-rbln's rbln_config for an image-text-to-text model: the language model's settings go to its submodule."""
-    config: dict[str, Any] = dict(options.extra)
-    text: dict[str, Any] = dict(config.get(submodule) or {}) if submodule else config
-    if options.batch_size is not None:
-        config["batch_size"] = options.batch_size
-        if submodule:
-            text["batch_size"] = options.batch_size
-    if options.dtype is not None:
-        config["dtype"] = options.dtype
-    if options.max_seq_len is not None:
-        text["max_seq_len"] = options.max_seq_len
-    if options.tp is not None:
-        text["num_devices"] = options.tp
-    text.setdefault("logits_to_keep", 0 if options.logits == "all" else 1)
-    if submodule:
+    """optimum-rbln's rbln_config for an image-text-to-text model: the options spelled as for a causal LM
+    (:meth:`CompileOptions.shared_config`, :func:`causal_compile_options`), the language model's in its submodule
+    (on input embeddings); the batch size and dtype also at the top, for the other submodules."""
+    if submodule is None:
+        config = text = options.shared_config()
+    else:
+        config = dict(options.extra)
+        text = replace(options, extra=dict(config.get(submodule) or {}), dtype=None).shared_config()
         text.setdefault("use_inputs_embeds", True)
+        config.update({name: getattr(options, name) for name in ("batch_size", "dtype") if getattr(options, name) is not None})
         config[submodule] = text
+    for name, value in causal_compile_options(options.max_seq_len, options.logits).items():
+        text[name] = value if name == "max_seq_len" else text.get(name, value)
     return config
 
 
