@@ -4,7 +4,6 @@ sample; multimodal log-likelihoods equal to a transformers forward within 1e-4 (
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from rbln_eval.api import open_lm
 from rbln_eval.multimodal import MultimodalRequestError, RBLNVLM
 from rbln_eval.store import Store
 from rbln_eval.build.workflow import compile_bundle, plan_compile
+from vlmchecks import evaluate, mc_requests, responses
 from vlmmodels import image_tasks, tiny_llava
 
 TOLERANCE = 1e-4
@@ -34,29 +34,15 @@ def vlm(env: dict[str, Any]) -> RBLNVLM:
     return open_lm(env["bundle"])
 
 
-def _evaluate(model: Any, tasks: Path, task: str, chat: bool = False) -> dict[str, Any]:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    return simple_evaluate(
-        model=model, tasks=[task], log_samples=True, apply_chat_template=chat,
-        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
-    )
-
-
-def _responses(results: dict[str, Any], task: str) -> list[Any]:
-    return [s["resps"] for s in sorted(results["samples"][task], key=lambda s: s["doc_id"])]
-
-
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-template"])
 def test_generations_identical_to_hf_multimodal(env: dict[str, Any], chat: bool) -> None:
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
     hf = HFMultimodalLM(pretrained=str(env["model_dir"]), dtype="float32", device="cpu", batch_size=1)
-    reference = _responses(_evaluate(hf, env["tasks"], "vlm_gen", chat), "vlm_gen")
+    reference = responses(evaluate(hf, env["tasks"], "vlm_gen", chat), "vlm_gen")
     vlm = open_lm(env["bundle"])  # a fresh model: chat templating is per model, as in hf
     before = vlm.device_counters.get("vision", {"calls": 0})["calls"]
-    ours = _responses(_evaluate(vlm, env["tasks"], "vlm_gen", chat), "vlm_gen")
+    ours = responses(evaluate(vlm, env["tasks"], "vlm_gen", chat), "vlm_gen")
     assert len(ours) == len(reference) == 6
     print("generations:", [r[0] for r in ours])
     assert ours == reference
@@ -77,17 +63,6 @@ def _transformers_loglikelihood(hf: Any, processor: Any, context: str, continuat
     return logprob, bool((scored.argmax(-1) == target).all())
 
 
-def _mc_requests(tasks: Path) -> list[tuple[str, str, list]]:
-    from PIL import Image
-
-    requests = []
-    for line in (tasks / "vlm_mc.jsonl").read_text().splitlines():
-        doc = json.loads(line)
-        images = [Image.open(tasks / name).convert("RGB") for name in doc["images"]]
-        requests.extend((doc["context"], " " + choice, images) for choice in doc["choices"])
-    return requests
-
-
 @pytest.mark.parametrize("logits", ["all", "last"])
 def test_multimodal_loglikelihood_matches_a_transformers_forward(env: dict[str, Any], vlm: RBLNVLM, logits: str) -> None:
     """Full-logit bundles read every continuation token off the image prefill; last-logit bundles teacher-force
@@ -102,7 +77,7 @@ def test_multimodal_loglikelihood_matches_a_transformers_forward(env: dict[str, 
 
     hf = AutoModelForImageTextToText.from_pretrained(env["model_dir"], dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(env["model_dir"])
-    requests = _mc_requests(env["tasks"])
+    requests = mc_requests(env["tasks"])
     # the first document's context and choices again with another document's image: scored apart, not shared
     first = [r for r in requests if r[0] == requests[0][0]]
     other_image = requests[-1][2]
@@ -122,7 +97,7 @@ def test_multimodal_loglikelihood_matches_a_transformers_forward(env: dict[str, 
 
 
 def test_multiple_choice_task_scored_by_loglikelihood(env: dict[str, Any], vlm: RBLNVLM) -> None:
-    results = _evaluate(vlm, env["tasks"], "vlm_mc")
+    results = evaluate(vlm, env["tasks"], "vlm_mc")
     samples = sorted(results["samples"]["vlm_mc"], key=lambda s: s["doc_id"])
     docs = [json.loads(line) for line in (env["tasks"] / "vlm_mc.jsonl").read_text().splitlines()]
     # acc is the argmax of the logged log-likelihoods against each document's label
@@ -134,7 +109,7 @@ def test_multiple_choice_task_scored_by_loglikelihood(env: dict[str, Any], vlm: 
 def test_requests_that_do_not_fit_are_refused(vlm: RBLNVLM, env: dict[str, Any]) -> None:
     from lm_eval.api.instance import Instance
 
-    _, _, images = _mc_requests(env["tasks"])[0]
+    _, _, images = mc_requests(env["tasks"])[0]
     long_context = "<image> " + "word " * 400
     request = Instance("loglikelihood", doc={}, arguments=(long_context, " end", {"visual": images}), idx=0)
     with pytest.raises(MultimodalRequestError, match=r"does not fit the compiled length 256: compile with a larger --max-seq-len"):

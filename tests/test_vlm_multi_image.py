@@ -35,12 +35,11 @@ from rbln_eval.api import CompileOptions, open_lm
 from rbln_eval.build.workflow import compile_bundle, plan_compile
 from rbln_eval.execution.loader import load_bundle
 from rbln_eval.families.vision_language.processors import TOKEN_FIELDS, load_processor
-from rbln_eval.families.vision_language.reference import HFMultimodalReference
 from rbln_eval.store import Store
+from vlmchecks import TOLERANCE, compile_tiny_model, evaluate, reference_lm, responses, transformers_model
 from vlmmodels import QWEN_DEMO_IMAGE, tiny_llava, tiny_qwen_vl
 from vlmmodels_more import TWO_IMAGE_PLACEMENTS, two_image_tasks
 
-TOLERANCE = 1e-4
 DOCS = len(TWO_IMAGE_PLACEMENTS)
 
 
@@ -76,12 +75,7 @@ def tasks(root: Path) -> Path:
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
 def env(request: pytest.FixtureRequest, root: Path) -> dict[str, Any]:
     arch = ARCHITECTURES[request.param]
-    model_dir = arch.build(str(root))
-    bundle = compile_bundle(plan_compile(str(model_dir), arch.options, npu="RBLN-CA25"), Store(root / "store")).bundle
-    return {
-        "model_type": request.param, "arch": arch, "model_dir": model_dir, "bundle": bundle,
-        "processor": load_processor(model_dir, request.param),
-    }
+    return {**compile_tiny_model(request.param, arch.build, arch.options, root), "arch": arch}
 
 
 def documents(tasks: Path, task: str) -> list[tuple[dict[str, Any], list[Any]]]:
@@ -91,26 +85,16 @@ def documents(tasks: Path, task: str) -> list[tuple[dict[str, Any], list[Any]]]:
     return [(doc, [Image.open(tasks / name).convert("RGB") for name in doc["images"]]) for doc in docs]
 
 
-def reference_lm(env: dict[str, Any], **args: Any) -> HFMultimodalReference:
-    return HFMultimodalReference(pretrained=str(env["model_dir"]), dtype="float32", device="cpu", batch_size=1, **args)
-
-
-def evaluate(model: Any, tasks: Path, chat: bool) -> list[Any]:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    results = simple_evaluate(
-        model=model, tasks=["vlm2_gen"], log_samples=True, apply_chat_template=chat,
-        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
-    )
-    return [s["resps"] for s in sorted(results["samples"]["vlm2_gen"], key=lambda s: s["doc_id"])]
+def generations(model: Any, tasks: Path, chat: bool) -> list[Any]:
+    """``model``'s responses to the two-image generation task, in document order."""
+    return responses(evaluate(model, tasks, "vlm2_gen", chat), "vlm2_gen")
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
 def test_two_image_generations_identical_to_the_reference(env: dict[str, Any], tasks: Path, chat: bool) -> None:
-    reference = evaluate(reference_lm(env), tasks, chat)
+    reference = generations(reference_lm(env["model_dir"]), tasks, chat)
     vlm = open_lm(env["bundle"])  # a fresh model: chat templating is per model, as in hf
-    ours = evaluate(vlm, tasks, chat)
+    ours = generations(vlm, tasks, chat)
     print(f"{env['model_type']} {'chat' if chat else 'plain'}:", [r[0][0] for r in ours])
     assert ours == reference
     assert len(ours) == DOCS and len({r[0][0] for r in ours}) > 1
@@ -145,7 +129,7 @@ def test_prompts_are_the_processors_and_the_references(env: dict[str, Any], task
     arch, processor = env["arch"], env["processor"]
     requests = generation_requests(tasks)
     vlm = open_lm(env["bundle"], max_images=str(max_images))
-    reference = reference_lm(env, max_images=max_images)
+    reference = reference_lm(env["model_dir"], max_images=max_images)
     items = vlm._generation_items(requests)
     image_id = processor.tokenizer.convert_tokens_to_ids(arch.image_token)
     for (work, _), request in zip(items, requests):
@@ -175,7 +159,7 @@ def test_chat_prompts_place_the_images_as_the_reference(env: dict[str, Any], tas
     hf-multimodal's chat messages and as the processor's chat template renders them written out by hand."""
     processor = env["processor"]
     vlm = open_lm(env["bundle"], interleave=str(interleave))
-    reference = reference_lm(env, interleave=interleave)
+    reference = reference_lm(env["model_dir"], interleave=interleave)
     for request in generation_requests(tasks):
         context, kwargs, aux = request.args
         ours = vlm.apply_chat_template([{"role": "user", "content": context}])
@@ -210,14 +194,12 @@ def transformers_loglikelihood(
 
 
 def test_two_image_loglikelihoods_match_a_transformers_forward(env: dict[str, Any], tasks: Path) -> None:
-    from transformers import AutoModelForImageTextToText
-
     requests = [
         (doc["context"], " " + choice, images) for doc, images in documents(tasks, "vlm2_mc") for choice in doc["choices"]
     ]
     instances = [Instance("loglikelihood", doc={}, arguments=(c, x, {"visual": imgs}), idx=i) for i, (c, x, imgs) in enumerate(requests)]
     ours = open_lm(env["bundle"]).loglikelihood(instances, disable_tqdm=True)
-    hf = AutoModelForImageTextToText.from_pretrained(env["model_dir"], dtype=torch.float32).eval()
+    hf = transformers_model(env["model_dir"])
     arch = env["arch"]
     reference = [transformers_loglikelihood(hf, env["processor"], env["model_type"], arch.image_token, 2, *r) for r in requests]
     worst = max(abs(a[0] - b) for a, b in zip(ours, reference))
@@ -265,5 +247,5 @@ def test_llava_next_takes_one_image_per_prompt(root: Path, tasks: Path) -> None:
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"split_sizes to sum exactly to 10 .* got split_sizes=\[3, 5\]"):
         model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], vision_feature_layer=-1, vision_feature_select_strategy="default")
     one = open_lm(bundle, max_images="1").generate_until([request], disable_tqdm=True)
-    reference = HFMultimodalReference(pretrained=str(model_dir), dtype="float32", device="cpu", batch_size=1, max_images=1)
+    reference = reference_lm(model_dir, max_images=1)
     assert one == reference.generate_until([request], disable_tqdm=True)

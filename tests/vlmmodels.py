@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 from rbln_eval import demo
 from taskhelpers import JSONL_LOADER
@@ -23,6 +24,49 @@ CHAT_TEMPLATE = (
 )
 
 
+def splice_demo_llama(model: Any, base: Any, language_model: Any) -> None:
+    """Put the demo Llama ``base`` into the image-text model ``model``: its token embeddings and ``lm_head`` as the
+    first rows (the added tokens' ``lm_head`` rows zero), its decoder weights into ``language_model``."""
+    import torch
+
+    with torch.no_grad():
+        embed = base.get_input_embeddings().weight
+        model.get_input_embeddings().weight[: embed.shape[0]] = embed
+        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
+        model.lm_head.weight[embed.shape[0] :] = 0.0
+        loaded = language_model.load_state_dict(
+            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
+        )
+    assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
+
+
+def demo_llama_with_tokens(added_tokens: list[str]) -> tuple[Any, Any, Any]:
+    """The demo tokenizer with ``added_tokens`` (special), the demo Llama, and the Llama's config for that
+    vocabulary with untied embeddings: the language model of an image-text model, before :func:`splice_demo_llama`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    text_dir = demo.causal_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": added_tokens})
+    base = LlamaForCausalLM.from_pretrained(text_dir)
+    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    return tokenizer, base, text_config
+
+
+def llava_with_demo_llama(model_class: type, config: Any, base: Any) -> Any:
+    """A LLaVA-style ``model_class`` of ``config``, seeded random, with the demo Llama ``base`` as its language model
+    (:func:`splice_demo_llama`) and its projector's output scaled to the text embeddings, so images change the answer
+    but do not drown it."""
+    import torch
+
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    splice_demo_llama(model, base, model.model.language_model)
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
+    return model
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_llava(
     root: str, strategy: str = "default", image_size: int = IMAGE_SIZE, patch: int = PATCH, tower: str = "clip"
@@ -32,13 +76,9 @@ def tiny_llava(
     ``strategy`` (``vision_feature_select_strategy``), ``image_size``, ``patch`` and ``tower`` (``clip`` or
     ``siglip``: no CLS position, its processor adds no image token) make variants in their own directory.
     """
-    import torch
     from transformers import (
-        AutoTokenizer,
         CLIPImageProcessor,
         CLIPVisionConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -50,12 +90,8 @@ def tiny_llava(
     out = Path(root) / (f"tiny-llava-{tower}-{strategy}-{image_size}px-{patch}" if variant else "tiny-llava-clip")
     if (out / "config.json").is_file():
         return out
-    text_dir = demo.causal_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer, base, text_config = demo_llama_with_tokens(["<image>"])
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    base = LlamaForCausalLM.from_pretrained(text_dir)
-    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
     # "default" drops CLIP's CLS position; "full" keeps every position the tower outputs
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch)
     vision_config = SiglipVisionConfig(**sizes) if tower == "siglip" else CLIPVisionConfig(**sizes, projection_dim=32)
@@ -67,20 +103,7 @@ def tiny_llava(
         vision_feature_select_strategy=strategy, vision_feature_layer=-1,
         image_seq_length=image_tokens, projector_hidden_act="gelu",
     )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        embed = base.get_input_embeddings().weight
-        model.get_input_embeddings().weight[: embed.shape[0]] = embed
-        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
-        model.lm_head.weight[embed.shape[0] :] = 0.0
-        loaded = model.model.language_model.load_state_dict(
-            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
-        )
-        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
-        # Image features on the scale of the text embeddings, so images change the answer but do not drown it.
-        model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
-    model.save_pretrained(out)
+    llava_with_demo_llama(LlavaForConditionalGeneration, config, base).save_pretrained(out)
     if tower == "siglip":
         image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     else:
@@ -195,8 +218,38 @@ def image_tasks(root: str, docs: int = 6) -> Path:
     return out
 
 
+def small_text_config(tokenizer: Any, **settings: Any) -> dict[str, Any]:
+    """The text config of a tiny random language model (2 layers of 64 units, 4 attention heads over 2 key-value
+    heads, 256 positions) for ``tokenizer``'s vocabulary and special tokens; ``settings`` add to it or override it."""
+    config = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return {**config, **settings}
+
+
 QWEN_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_IMAGE = 16  # pixels a side: 4 x 4 patches of 4 px, merged 2 x 2 into 4 image tokens
+
+
+def qwen_tokenizer() -> tuple[Any, dict[str, int]]:
+    """The demo tokenizer with Qwen's vision tokens (:data:`QWEN_TOKENS`), and their ids as a Qwen-VL config's
+    arguments."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo.causal_model_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_TOKENS)})
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS]
+    return tokenizer, dict(vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3])
+
+
+def save_qwen_image_processor(out: Path, image_size: int) -> None:
+    """Save into ``out`` Qwen's image processor of ``image_size`` px square images in 4 px patches merged 2 x 2."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    pixels = image_size * image_size
+    Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,32 +260,24 @@ def tiny_qwen2_vl(root: str) -> Path:
     Prompts are made with :func:`qwen_inputs` instead.
     """
     import torch
-    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     out = Path(root) / "tiny-qwen2-vl"
     if (out / "config.json").is_file():
         return out
-    tokenizer = AutoTokenizer.from_pretrained(demo.causal_model_dir())
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_TOKENS)})
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS]
+    tokenizer, tokens = qwen_tokenizer()
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=small_text_config(tokenizer, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
         # spatial_patch_size: read by optimum-rbln, present in the Hub's Qwen2-VL configs
         vision_config=dict(
             depth=2, embed_dim=32, num_heads=2, hidden_size=64, mlp_ratio=2, patch_size=4, spatial_patch_size=4,
             spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
         ),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+        **tokens,
     )
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(config).eval().save_pretrained(out)
-    pixels = QWEN_IMAGE * QWEN_IMAGE
-    Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
+    save_qwen_image_processor(out, QWEN_IMAGE)
     tokenizer.save_pretrained(out)
     return out
 
@@ -278,23 +323,18 @@ def tiny_qwen_vl(root: str, model_type: str = "qwen2_vl") -> Path:
     """
     import torch
     from transformers import (
-        AutoTokenizer,
         LlamaForCausalLM,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
     )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     out = Path(root) / f"tiny-{model_type.replace('_', '-')}-demo"
     if (out / "config.json").is_file():
         return out
-    text_dir = demo.causal_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_TOKENS)})
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS]
-    base = LlamaForCausalLM.from_pretrained(text_dir)
+    tokenizer, tokens = qwen_tokenizer()
+    base = LlamaForCausalLM.from_pretrained(demo.causal_model_dir())
     llama = base.config
     text_config = dict(
         vocab_size=len(tokenizer), hidden_size=llama.hidden_size, intermediate_size=llama.intermediate_size,
@@ -308,7 +348,6 @@ def tiny_qwen_vl(root: str, model_type: str = "qwen2_vl") -> Path:
     vision = dict(
         depth=2, num_heads=2, patch_size=4, spatial_patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
     )
-    tokens = dict(vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3])
     if model_type == "qwen2_vl":
         vision_config = dict(vision, embed_dim=32, hidden_size=llama.hidden_size, mlp_ratio=2)
         config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **tokens)
@@ -339,8 +378,7 @@ def tiny_qwen_vl(root: str, model_type: str = "qwen2_vl") -> Path:
         merger.weight.mul_(3.0)
         merger.bias.zero_()
     model.save_pretrained(out)
-    pixels = QWEN_DEMO_IMAGE * QWEN_DEMO_IMAGE
-    Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
+    save_qwen_image_processor(out, QWEN_DEMO_IMAGE)
     tokenizer.save_pretrained(out)
     (out / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
     base.generation_config.save_pretrained(out)
@@ -374,11 +412,9 @@ def tiny_gemma3(root: str) -> Path:
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in GEMMA_TOKENS.items()}
     tokens = (GEMMA_IMAGE // 4) ** 2
     config = Gemma3Config(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=256, sliding_window=64,
-            layer_types=["sliding_attention", "full_attention"], initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        text_config=small_text_config(
+            tokenizer, head_dim=16, query_pre_attn_scalar=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+            initializer_range=0.2,
         ),
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=GEMMA_IMAGE,
@@ -415,24 +451,13 @@ def tiny_idefics3(root: str) -> Path:
     Its vision tower and connector are random, the connector's output scaled to the text embeddings.
     """
     import torch
-    from transformers import (
-        AutoTokenizer,
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3Processor,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     out = Path(root) / "tiny-idefics3"
     if (out / "config.json").is_file():
         return out
-    text_dir = demo.causal_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS_TOKENS})
-    base = LlamaForCausalLM.from_pretrained(text_dir)
-    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    tokenizer, base, text_config = demo_llama_with_tokens(IDEFICS_TOKENS)
     config = Idefics3Config(
         text_config=text_config,
         vision_config=dict(
@@ -445,14 +470,7 @@ def tiny_idefics3(root: str) -> Path:
     torch.manual_seed(0)
     model = Idefics3ForConditionalGeneration(config).eval()
     with torch.no_grad():
-        embed = base.get_input_embeddings().weight
-        model.get_input_embeddings().weight[: embed.shape[0]] = embed
-        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
-        model.lm_head.weight[embed.shape[0] :] = 0.0
-        loaded = model.model.text_model.load_state_dict(
-            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
-        )
-        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
+        splice_demo_llama(model, base, model.model.text_model)
         model.model.connector.modality_projection.proj.weight.mul_(0.4)
     model.save_pretrained(out)
     image_processor = Idefics3ImageProcessorPil(
@@ -476,12 +494,8 @@ def tiny_llava_next(root: str) -> Path:
 
     The tower, projector and the image newline embedding are random, the projector's output scaled as LLaVA's.
     """
-    import torch
     from transformers import (
-        AutoTokenizer,
         CLIPVisionConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextProcessor,
@@ -491,11 +505,7 @@ def tiny_llava_next(root: str) -> Path:
     out = Path(root) / "tiny-llava-next"
     if (out / "config.json").is_file():
         return out
-    text_dir = demo.causal_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    base = LlamaForCausalLM.from_pretrained(text_dir)
-    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    tokenizer, base, text_config = demo_llama_with_tokens(["<image>"])
     vision_config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
         patch_size=PATCH, projection_dim=32,
@@ -505,19 +515,7 @@ def tiny_llava_next(root: str) -> Path:
         vision_feature_select_strategy="default", vision_feature_layer=-1, image_grid_pinpoints=LLAVA_NEXT_GRID,
         image_seq_length=(IMAGE_SIZE // PATCH) ** 2, projector_hidden_act="gelu", tie_word_embeddings=False,
     )
-    torch.manual_seed(0)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        embed = base.get_input_embeddings().weight
-        model.get_input_embeddings().weight[: embed.shape[0]] = embed
-        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
-        model.lm_head.weight[embed.shape[0] :] = 0.0
-        loaded = model.model.language_model.load_state_dict(
-            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
-        )
-        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
-        model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
-    model.save_pretrained(out)
+    llava_with_demo_llama(LlavaNextForConditionalGeneration, config, base).save_pretrained(out)
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=LLAVA_NEXT_GRID,
     )

@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from rbln_eval import demo
-from vlmmodels import CHAT_TEMPLATE
+from vlmmodels import CHAT_TEMPLATE, demo_llama_with_tokens, llava_with_demo_llama, small_text_config
 
 PALIGEMMA_IMAGE = 32  # pixels a side: 4 x 4 patches of 8 px, 16 image tokens
 PALIGEMMA_MAX_LENGTH = 128  # the language model's positions: its one prefill chunk holds a whole prompt
@@ -29,11 +29,8 @@ def tiny_paligemma(root: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(demo.causal_model_dir())
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     config = PaliGemmaConfig(
-        text_config=dict(
-            model_type="gemma", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=PALIGEMMA_MAX_LENGTH,
-            initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        text_config=small_text_config(
+            tokenizer, model_type="gemma", head_dim=16, max_position_embeddings=PALIGEMMA_MAX_LENGTH, initializer_range=0.2,
         ),
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=PALIGEMMA_IMAGE,
@@ -57,35 +54,29 @@ def tiny_qwen3_vl(root: str) -> Path:
     model's first layer — deepstack —, a 2-layer Qwen3 language model with interleaved M-RoPE) with its image
     processor, the demo tokenizer with Qwen's vision tokens, and the Qwen chat template."""
     import torch
-    from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from vlmmodels import QWEN_CHAT_TEMPLATE, QWEN_TOKENS
+    from vlmmodels import QWEN_CHAT_TEMPLATE, qwen_tokenizer, save_qwen_image_processor
 
     out = Path(root) / "tiny-qwen3-vl"
     if (out / "config.json").is_file():
         return out
-    tokenizer = AutoTokenizer.from_pretrained(demo.causal_model_dir())
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_TOKENS)})
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS]
+    tokenizer, tokens = qwen_tokenizer()
     config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=256, initializer_range=0.2,
+        text_config=small_text_config(
+            tokenizer, head_dim=16, initializer_range=0.2,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
             temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64, deepstack_visual_indexes=[0],
         ),
-        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+        **tokens,
     )
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(config).eval()
     model.save_pretrained(out)
-    pixels = QWEN3_IMAGE * QWEN3_IMAGE
-    Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
+    save_qwen_image_processor(out, QWEN3_IMAGE)
     tokenizer.save_pretrained(out)
     (out / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
     return out
@@ -145,8 +136,7 @@ def tiny_llava_pixtral(root: str) -> Path:
     torchvision; the tower and projector are random, the projector's output scaled as LLaVA's."""
     import json
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, PixtralVisionConfig
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, PixtralVisionConfig
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
     from rbln_eval.families.vision_language.processors import PixtralImageTextProcessor
@@ -154,11 +144,7 @@ def tiny_llava_pixtral(root: str) -> Path:
     out = Path(root) / "tiny-llava-pixtral"
     if (out / "config.json").is_file():
         return out
-    text_dir = demo.causal_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": PIXTRAL_TOKENS})
-    base = LlamaForCausalLM.from_pretrained(text_dir)
-    text_config = LlamaConfig(**{**base.config.to_dict(), "vocab_size": len(tokenizer), "tie_word_embeddings": False})
+    tokenizer, base, text_config = demo_llama_with_tokens(PIXTRAL_TOKENS)
     vision_config = PixtralVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
         image_size=PIXTRAL_IMAGE, patch_size=8,
@@ -167,19 +153,7 @@ def tiny_llava_pixtral(root: str) -> Path:
         vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
         vision_feature_select_strategy="full", vision_feature_layer=-1, projector_hidden_act="gelu", tie_word_embeddings=False,
     )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        embed = base.get_input_embeddings().weight
-        model.get_input_embeddings().weight[: embed.shape[0]] = embed
-        model.lm_head.weight[: embed.shape[0]] = base.lm_head.weight
-        model.lm_head.weight[embed.shape[0] :] = 0.0
-        loaded = model.model.language_model.load_state_dict(
-            {k: v for k, v in base.model.state_dict().items() if not k.startswith("embed_tokens")}, strict=False
-        )
-        assert loaded.missing_keys == ["embed_tokens.weight"] and not loaded.unexpected_keys, loaded
-        model.model.multi_modal_projector.linear_2.weight.mul_(0.2)
-    model.save_pretrained(out)
+    llava_with_demo_llama(LlavaForConditionalGeneration, config, base).save_pretrained(out)
     image_processor = PixtralImageProcessorPil(size={"longest_edge": PIXTRAL_IMAGE}, patch_size=8)
     processor = PixtralImageTextProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=8, chat_template=CHAT_TEMPLATE.replace("<image>", "[IMG]")
