@@ -1,5 +1,6 @@
 """``torch_artifacts.pth`` with bare-tensor entries (LLaVA-NeXT's ``{"image_newline": Parameter}``) next to
-``{group: state_dict}`` ones: converted to safetensors (no pickle left), rebuilt exactly on load."""
+``{group: state_dict}`` ones, and BLIP-2's ``query_tokens.pth``: converted to safetensors (no pickle left), rebuilt
+exactly on load."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 from safetensors import safe_open
 
 from rbln_eval.errors import ArtifactConversionError
-from rbln_eval.store.tensors import PICKLE_NAME, TENSORS_NAME, convert_pickles, load_groups
+from rbln_eval.store.tensors import PICKLES, convert_pickles, load_groups
+
+TENSORS_NAME = "torch_artifacts.safetensors"
+PICKLE_NAME = PICKLES[TENSORS_NAME]
 
 
 def _artifacts() -> dict[str, object]:
@@ -24,8 +28,8 @@ def _artifacts() -> dict[str, object]:
     }
 
 
-def _written(directory: Path, artifacts: object) -> Path:
-    path = directory / "language_model" / PICKLE_NAME
+def _written(directory: Path, artifacts: object, name: str = PICKLE_NAME) -> Path:
+    path = directory / "language_model" / name
     path.parent.mkdir(parents=True)
     torch.save(artifacts, path)
     return path
@@ -60,6 +64,15 @@ def test_bare_tensors_round_trip_exactly(tmp_path: Path) -> None:
     torch.save(rebuilt, buffer)
     buffer.seek(0)
     _assert_same(torch.load(buffer, weights_only=False), original)
+
+
+def test_blip2_query_tokens_round_trip_beside_the_artifacts(tmp_path: Path) -> None:
+    query = {"query_tokens": torch.nn.Parameter(torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)))}
+    _written(tmp_path, {"embed_tokens": {"weight": torch.ones(3, 2)}})
+    torch.save(query, tmp_path / "query_tokens.pth")
+    assert convert_pickles(tmp_path) == ["language_model/torch_artifacts.pth", "query_tokens.pth"]
+    assert list(tmp_path.rglob("*.pth")) == []
+    _assert_same(load_groups(tmp_path / "query_tokens.safetensors"), query)
 
 
 def test_state_dict_only_files_keep_their_format(tmp_path: Path) -> None:

@@ -70,14 +70,18 @@ from vlmchecks import (
     model_inputs,
     reference_lm,
     responses,
+    runner,
     teacher_forced,
     transformers_loglikelihood,
     transformers_model,
     with_images,
 )
 from vlmmodels import IMAGE_SIZE, QWEN_DEMO_IMAGE, image_tasks, make_image, tiny_gemma3, tiny_idefics3, tiny_llava_next, tiny_qwen_vl
-from vlmmodels_more import PIXTRAL_TOKENS, QWEN3_IMAGE, tiny_llava_pixtral, tiny_paligemma, tiny_qwen3_vl
+from vlmmodels_more import PIXTRAL_TOKENS, QWEN3_IMAGE, tiny_blip2, tiny_llava_pixtral, tiny_paligemma, tiny_qwen3_vl
 
+#: Architectures whose processor transformers builds without its chat template (``Blip2Processor.__init__`` does not
+#: pass it on), so chat-templated prompts are refused by ``hf-multimodal`` and ``rbln-vlm`` alike.
+NO_CHAT_TEMPLATE = ("blip-2",)
 QWEN_PATCHES = {"visual": {"max_seq_len": (QWEN_DEMO_IMAGE // 4) ** 2}}  # the vision tower's patches per image
 
 ARCHITECTURES = {
@@ -106,6 +110,8 @@ ARCHITECTURES = {
         "qwen3_vl", tiny_qwen3_vl, CompileOptions(batch_size=2, extra={"visual": {"max_seq_len": (QWEN3_IMAGE // 4) ** 2}}),
         "<|image_pad|>", MultimodalRopeBackend,
     ),
+    # the processor puts the image's query tokens before the prompt: rbln-vlm and the reference drop placeholders
+    "blip-2": Architecture("blip-2", tiny_blip2, CompileOptions(batch_size=2), "", VisionLanguageBackend),
     "llava_pixtral": Architecture(
         "llava", tiny_llava_pixtral, CompileOptions(batch_size=2), "[IMG]", VisionLanguageBackend,
         image_sizes=((48, 48), (24, 48)),
@@ -171,7 +177,9 @@ def test_logits_and_greedy_tokens_match_transformers(env: dict[str, Any], hf: An
     model_type = env["model_type"]
     encodings = encode_prompts(env["processor"], model_type, env["arch"])
     with torch.no_grad():
-        greedy = [hf.generate(**model_inputs(enc), max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist() for enc in encodings]
+        greedy = [
+            runner(hf, enc).generate(**model_inputs(enc), max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist() for enc in encodings
+        ]
     loaded = load_bundle(env["bundle"])
     backend = family_of(loaded.model_class).backend(loaded.model)
     assert type(backend) is env["arch"].backend and backend.batch_size == 2
@@ -198,6 +206,11 @@ def test_logits_and_greedy_tokens_match_transformers(env: dict[str, Any], hf: An
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-template"])
 def test_generations_identical_to_the_reference(env: dict[str, Any], tasks: Path, chat: bool) -> None:
     lm_args = env["arch"].lm_args
+    if chat and env["model_type"] in NO_CHAT_TEMPLATE:  # both sides refuse alike
+        for model in (reference_lm(env["model_dir"], **lm_args), open_lm(env["bundle"], **lm_args)):
+            with pytest.raises(ValueError, match="this processor does not have a chat template"):
+                evaluate(model, tasks, "vlm_gen", chat)
+        return
     reference = responses(evaluate(reference_lm(env["model_dir"], **lm_args), tasks, "vlm_gen", chat), "vlm_gen")
     vlm = open_lm(env["bundle"], **lm_args)  # a fresh model: chat templating is per model, as in hf
     results = evaluate(vlm, tasks, "vlm_gen", chat)

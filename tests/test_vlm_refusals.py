@@ -8,9 +8,10 @@ strategy. A CLIP tower with the "full" strategy, and a SigLIP tower (no CLS), th
 image whatever rbln_config is passed. The LLaVA-NeXT models are the LLaVA ones with an image newline and anyres
 tiles of the tower's image size (:func:`as_llava_next`). ``rbln-eval compile`` refuses both in one line before the store is
 touched; compiled with optimum-rbln directly, each fails exactly where the refusal says, on graphs that are
-themselves right. So are a BLIP-2 (optimum-rbln reads a config field transformers does not define; given it, the
-architecture is one ``rbln-vlm`` does not score) and a Pixtral LLaVA with the "default" strategy; a bundle with a
-tower ``rbln-vlm`` does not score is refused when it is opened.
+themselves right. So are a BLIP-2 (given the config field optimum-rbln reads and transformers does not define, it
+compiles, but its bundle would hold a pickle optimum-rbln loads it with), an architecture ``rbln-vlm`` does not score
+and a Pixtral LLaVA with the "default" strategy; a bundle with a tower ``rbln-vlm`` does not score is refused when it
+is opened.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import rbln_eval.sim as sim
 from conftest import tree_snapshot
 from rbln_eval.api import CompileOptions
 from rbln_eval.build.workflow import plan_compile
-from rbln_eval.families.vision_language.compile import text_submodule, vlm_rbln_config
+from rbln_eval.families.vision_language.compile import export_config, qformer_settings, text_submodule, vlm_rbln_config
 from rbln_eval.families.vision_language.processors import load_processor
 from lmhelpers import cli_in_process
 from remotehelpers import one_line_exit_2
@@ -206,32 +207,31 @@ def test_optimum_rbln_itself_fails_where_the_refusal_says(models: dict[str, Path
             assert str(failure.value) == projector_failure
 
 
-BLIP2_REFUSAL = (
-    "error: blip-2: optimum-rbln 0.12.0 reads vision_config.num_channels to compile it "
-    "(optimum/rbln/transformers/models/blip_2/modeling_blip_2.py:RBLNBlip2VisionModel._update_rbln_config), which "
-    "transformers 5.15.1's Blip2VisionConfig does not define and this config does not set: set num_channels in its "
-    "vision_config"
-)
-
-
-def test_a_blip2_is_refused_where_optimum_rbln_would_fail_to_compile(tmp_path: Path) -> None:
-    """transformers' BLIP-2 vision config has no ``num_channels``; optimum-rbln reads it to shape the tower's input."""
+def test_optimum_rbln_compiles_a_blip2_only_with_the_config_rbln_eval_completes(tmp_path: Path) -> None:
+    """transformers' BLIP-2 vision config has no ``num_channels``, which optimum-rbln reads to shape the tower's input:
+    alone it fails; given the architecture's 3 (:func:`export_config`) and the Q-Former compiled for the tower's
+    patches, it compiles, and both pickles it writes become safetensors."""
     from optimum.rbln import RBLNAutoModelForImageTextToText
     from transformers import AutoConfig
 
+    from rbln_eval.store.tensors import convert_pickles
     from vlmmodels_more import tiny_blip2
 
     model_dir = tiny_blip2(str(tmp_path))
-    store = tmp_path / "store"
-    result = cli("compile", str(model_dir), "--npu", "RBLN-CA25", "--store", str(store))
-    assert one_line_exit_2(result, BLIP2_REFUSAL) == BLIP2_REFUSAL
-    assert result.stdout == "" and not store.exists()
     config = AutoConfig.from_pretrained(model_dir)
     rbln_config = {**vlm_rbln_config(CompileOptions(batch_size=1, max_seq_len=64), text_submodule(config)), "npu": "RBLN-CA25"}
+    qformer_settings(rbln_config, config)
+    assert rbln_config["qformer"] == {"image_text_hidden_size": 16} and config.image_text_hidden_size == 256
+    bundle = tmp_path / "bundle"
     with pytest.raises(AttributeError, match="'Blip2VisionConfig' object has no attribute 'num_channels'"):
-        RBLNAutoModelForImageTextToText.from_pretrained(
-            str(model_dir), export=True, rbln_config=rbln_config, model_save_dir=str(tmp_path / "bundle")
-        )
+        RBLNAutoModelForImageTextToText.from_pretrained(str(model_dir), export=True, rbln_config=rbln_config, model_save_dir=str(bundle))
+    completed = export_config(config)
+    assert completed is config and config.vision_config.num_channels == 3 and export_config(config) is None
+    RBLNAutoModelForImageTextToText.from_pretrained(
+        str(model_dir), export=True, config=completed, rbln_config=rbln_config, model_save_dir=str(bundle)
+    )
+    assert convert_pickles(bundle) == ["language_model/torch_artifacts.pth", "query_tokens.pth"]
+    assert list(bundle.rglob("*.pth")) == []
 
 
 def with_config(model_dir: Path, out: Path, **changes: Any) -> Path:
@@ -246,16 +246,21 @@ def with_config(model_dir: Path, out: Path, **changes: Any) -> Path:
 
 
 def test_an_architecture_rbln_vlm_does_not_score_is_refused_at_compile(tmp_path: Path) -> None:
-    """A BLIP-2 given the field optimum-rbln reads would compile, then be refused at scoring: compile refuses it."""
-    from vlmmodels_more import tiny_blip2
+    """A Qwen3-VL-MoE (optimum-rbln compiles it; its config is all compile reads) would compile, then be refused at
+    scoring: compile refuses it."""
+    from transformers import Qwen3VLMoeConfig
 
-    model_dir = with_config(tiny_blip2(str(tmp_path)), tmp_path / "blip2-channels", vision_config__num_channels=3)
+    from rbln_eval.families.vision_language.compile import SCORED_VLM_TYPES, supported_vlm_types
+
+    assert "qwen3_vl_moe" in set(supported_vlm_types()) - set(SCORED_VLM_TYPES)
+    model_dir = tmp_path / "qwen3-vl-moe"
+    Qwen3VLMoeConfig().save_pretrained(model_dir)
     store = tmp_path / "store"
     result = cli("compile", str(model_dir), "--npu", "RBLN-CA25", "--store", str(store))
-    line = one_line_exit_2(result, "error: blip-2: rbln-vlm scores llava, llava_next, ")
+    line = one_line_exit_2(result, "error: qwen3_vl_moe: rbln-vlm scores llava, llava_next, ")
     assert line.endswith(
-        "; a blip-2 bundle would compile and load, then be refused at scoring: compile it with optimum-rbln directly "
-        "to use it outside rbln-eval"
+        "; a qwen3_vl_moe bundle would compile and load, then be refused at scoring: compile it with optimum-rbln "
+        "directly to use it outside rbln-eval"
     )
     assert not store.exists()
 

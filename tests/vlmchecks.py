@@ -108,8 +108,18 @@ def model_inputs(encoding: Any) -> dict[str, torch.Tensor]:
     return {name: value for name, value in encoding.items() if name != "labels"}
 
 
+def runner(hf: Any, encoding: Any) -> Any:
+    """The transformers model that runs the prompt of ``encoding``: BLIP-2's ``forward`` and ``generate`` take no
+    prompt without images (``pixel_values`` required), so a text-only prompt is its language model's, as on the
+    device."""
+    if "pixel_values" not in encoding and getattr(hf.config, "model_type", None) == "blip-2":
+        return hf.language_model
+    return hf
+
+
 def forward_logits(hf: Any, encoding: Any, sequence: list[int]) -> torch.Tensor:
     """Every position's logits of the prompt of ``encoding`` followed by generated (text) tokens, from one forward."""
+    hf = runner(hf, encoding)
     ids = torch.tensor([sequence])
     inputs = {**model_inputs(encoding), "input_ids": ids, "attention_mask": torch.ones_like(ids)}
     for name in ("mm_token_type_ids", "token_type_ids"):  # image tokens 1, text 0

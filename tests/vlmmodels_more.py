@@ -82,17 +82,21 @@ def tiny_qwen3_vl(root: str) -> Path:
     return out
 
 
-BLIP2_IMAGE = 32  # pixels a side, in 8 px patches
+BLIP2_IMAGE = 32  # pixels a side, in 8 px patches: 16 patches + CLS enter the Q-Former
 BLIP2_QUERIES = 8  # Q-Former query tokens: the image tokens of a prompt
+#: The LLaVA chat template without image entries: BLIP-2's processor puts a prompt's image tokens first itself.
+BLIP2_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>", "")
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_blip2(root: str) -> Path:
     """Save a tiny random BLIP-2 (a 2-layer vision tower, a 2-layer Q-Former of 8 queries, a 2-layer OPT language
-    model) with its processor (BLIP image processor, the demo tokenizer with an ``<image>`` token, the LLaVA chat
-    template)."""
+    model; weights of std 0.2 so that images change answers) with its processor (BLIP image processor, the demo
+    tokenizer with an ``<image>`` token, :data:`BLIP2_CHAT_TEMPLATE`). Its config keeps transformers' defaults
+    elsewhere: no ``vision_config.num_channels``, an ``image_text_hidden_size`` (256) unrelated to its 16 patches."""
     import torch
-    from transformers import AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     out = Path(root) / "tiny-blip2"
     if (out / "config.json").is_file():
@@ -112,13 +116,16 @@ def tiny_blip2(root: str) -> Path:
             max_position_embeddings=256, word_embed_proj_dim=64, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, init_std=0.2,
         ),
-        num_query_tokens=BLIP2_QUERIES, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        num_query_tokens=BLIP2_QUERIES, image_token_index=tokenizer.convert_tokens_to_ids("<image>"), initializer_range=0.2,
     )
+    assert not hasattr(config.vision_config, "num_channels")
     torch.manual_seed(0)
     model = Blip2ForConditionalGeneration(config).eval()
     model.save_pretrained(out)
-    image_processor = BlipImageProcessor(size={"height": BLIP2_IMAGE, "width": BLIP2_IMAGE})
-    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=BLIP2_QUERIES, chat_template=CHAT_TEMPLATE)
+    image_processor = BlipImageProcessorPil(size={"height": BLIP2_IMAGE, "width": BLIP2_IMAGE})
+    processor = Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=BLIP2_QUERIES, chat_template=BLIP2_CHAT_TEMPLATE,
+    )
     processor.save_pretrained(out)
     return out
 

@@ -126,12 +126,16 @@ def compile_into(
     if source.kind == "hub":
         load_kwargs.update(revision=source.revision, token=token)
     config = {**family.compiler_config(dict(rbln_config)), "npu": npu, "create_runtimes": False}
+    export_kwargs = dict(load_kwargs)
+    model_config = family.export_config(_load_config(source, token, trust_remote_code))
+    if model_config is not None:  # the checkpoint's config, completed with what optimum-rbln reads
+        export_kwargs["config"] = model_config
     log.write(f"rbln-eval: compiling {source.display} as {model_class} for {npu} with {json.dumps(dict(rbln_config), sort_keys=True)}\n")
     log.flush()
     started = time.monotonic()
     with capture_logs(log):
         model = auto_cls.from_pretrained(
-            source.id, export=True, rbln_config=config, model_save_dir=str(directory), **load_kwargs
+            source.id, export=True, rbln_config=config, model_save_dir=str(directory), **export_kwargs
         )
         if family.has_tokenizer:
             _save_tokenizer(source, directory, load_kwargs)

@@ -173,6 +173,11 @@ class Family:
             config.setdefault(name, length)
         return config
 
+    def export_config(self, model_config: Any) -> Any | None:
+        """The model config to hand optimum-rbln in place of the checkpoint's, completed with fields it reads that
+        transformers does not define; ``None``: the checkpoint's own."""
+        return None
+
     def compiler_config(self, rbln_config: dict[str, Any]) -> dict[str, Any]:
         """What of a key's compile config is passed to optimum-rbln (all of it but the key-only fields)."""
         return {k: v for k, v in rbln_config.items() if k not in self.key_only_fields}

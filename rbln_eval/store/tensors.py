@@ -1,10 +1,11 @@
-"""Bundles without pickles: optimum-rbln's ``torch_artifacts.pth`` carried as safetensors.
+"""Bundles without pickles: optimum-rbln's ``torch_artifacts.pth`` (and BLIP-2's ``query_tokens.pth``) carried as
+safetensors.
 
 Models compiled with input embeddings (the language model of a vision-language model, vision towers with a
 CPU patch embedding) make optimum-rbln write ``torch_artifacts.pth`` — a dict of ``{group: state_dict}`` entries,
-or of bare tensors (LLaVA-NeXT's ``{"image_newline": Parameter}``) — and read it back with
-``torch.load(weights_only=False)``. Right after a compile, :func:`convert_pickles` turns each one into
-``torch_artifacts.safetensors`` (tensor names ``group.param``; a bare entry under its own name, its kind in the
+or of bare tensors (LLaVA-NeXT's ``{"image_newline": Parameter}``; BLIP-2's ``query_tokens.pth`` is one too) — and
+read it back with ``torch.load(weights_only=False)``. Right after a compile, :func:`convert_pickles` turns each one
+into ``<name>.safetensors`` (tensor names ``group.param``; a bare entry under its own name, its kind in the
 file's metadata) and deletes the pickle, so a bundle holds only tensors. Before a load, :func:`prepare_load_dir`
 checks those tensors against the bundle's manifest and writes the ``.pth`` optimum-rbln expects into a local
 *load view*: a directory of symlinks to the bundle's files plus the rebuilt pickles, in the user cache (never in
@@ -28,8 +29,8 @@ from rbln_eval.errors import ArtifactConversionError
 if TYPE_CHECKING:
     from rbln_eval.store import Bundle
 
-PICKLE_NAME = "torch_artifacts.pth"
-TENSORS_NAME = "torch_artifacts.safetensors"
+#: The pickles optimum-rbln writes (each read back with ``torch.load``), by their tensors' file name.
+PICKLES = {"torch_artifacts.safetensors": "torch_artifacts.pth", "query_tokens.safetensors": "query_tokens.pth"}
 _METADATA = {"format": "pt", "rbln_eval": "torch_artifacts", "schema": "1"}
 #: Metadata key listing a file's bare entries (``{name: {"parameter": bool, "requires_grad": bool}}``).
 BARE_KEY = "bare_entries"
@@ -37,7 +38,7 @@ _STAMP = ".rbln-eval-view.json"
 
 
 def convert_pickles(directory: Path) -> list[str]:
-    """Replace every ``torch_artifacts.pth`` under ``directory`` by safetensors; the relative paths converted.
+    """Replace every pickle of :data:`PICKLES` under ``directory`` by safetensors; the relative paths converted.
 
     The pickle was just written by this build; it is still read with ``weights_only=True``.
     """
@@ -45,7 +46,9 @@ def convert_pickles(directory: Path) -> list[str]:
     from safetensors.torch import save_file
 
     converted = []
-    for path in sorted(directory.rglob(PICKLE_NAME)):
+    found = sorted(path for tensors, pickle in PICKLES.items() for path in directory.rglob(pickle))
+    for path in found:
+        tensors_name = next(t for t, p in PICKLES.items() if p == path.name)
         where = path.relative_to(directory)
         try:
             groups = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,7 +72,7 @@ def convert_pickles(directory: Path) -> list[str]:
                     raise ArtifactConversionError(f"{where}: {group}.{name} is not a tensor")
                 flat[f"{group}.{name}"] = tensor.detach().clone().contiguous()
         metadata = {**_METADATA, BARE_KEY: json.dumps(bare, sort_keys=True)} if bare else _METADATA
-        save_file(flat, str(path.with_name(TENSORS_NAME)), metadata=metadata)
+        save_file(flat, str(path.with_name(tensors_name)), metadata=metadata)
         path.unlink()
         converted.append(where.as_posix())
     return converted
@@ -84,7 +87,7 @@ def bare_kind(tensor: Any) -> dict[str, bool]:
 
 def tensor_files(bundle: "Bundle") -> list[str]:
     """The bundle's converted artifact files (relative paths)."""
-    return sorted(n for n in bundle.manifest.files if n == TENSORS_NAME or n.endswith("/" + TENSORS_NAME))
+    return sorted(n for n in bundle.manifest.files if n.rpartition("/")[2] in PICKLES)
 
 
 def load_groups(path: Path) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def _build_view(bundle: "Bundle", names: list[str], expected: dict[str, str], so
             os.symlink((bundle.path / name).resolve(), link)
         pickles: dict[str, str] = {}
         for name in names:
-            target = (tmp / name).with_name(PICKLE_NAME)
+            target = (tmp / name).with_name(PICKLES[Path(name).name])
             torch.save(load_groups(bundle.path / name), target)
             pickles[target.relative_to(tmp).as_posix()] = sha256_file(target)
         (tmp / _STAMP).write_text(json.dumps({"bundle": source, "tensors": expected, "pickles": pickles}, sort_keys=True))

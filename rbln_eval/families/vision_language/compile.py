@@ -2,7 +2,7 @@
 
 optimum-rbln compiles a vision-language model through ``RBLNAutoModelForImageTextToText`` into one bundle:
 the vision tower, the projector and the language model (a submodule such as ``language_model`` for LLaVA,
-Gemma3 and Idefics3 — ``text_model`` there —, or the model itself for Qwen2-VL). The language model always
+Gemma3, Idefics3 — ``text_model`` there — and BLIP-2, or the model itself for Qwen2-VL). The language model always
 takes input embeddings, since image features are scattered into them before prefill.
 """
 
@@ -26,7 +26,7 @@ KEY_ONLY_FIELDS = ("image",)
 _IMAGE_FIELDS = ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "num_channels")
 _TOP_IMAGE_FIELDS = (
     "vision_feature_select_strategy", "vision_feature_layer", "image_seq_length", "mm_tokens_per_image",
-    "image_token_id", "image_token_index", "scale_factor",
+    "image_token_id", "image_token_index", "scale_factor", "num_query_tokens",
 )
 #: Architectures whose vision tower is compiled for a given number of patches per image (``visual.max_seq_len``).
 PATCHES_PER_IMAGE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -38,7 +38,9 @@ PREFIX_LM_TYPES = ("paligemma",)
 #: Where optimum-rbln's prefill attends bidirectionally (attention mask + position ids, no image prefill graph).
 BIDIRECTIONAL_PREFILL = "optimum/rbln/transformers/models/decoderonly/decoderonly_architecture.py:AttentionOp.forward"
 #: Architectures whose bundles rbln-eval scores with images (the others compile and load).
-SCORED_VLM_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3", "paligemma", "qwen3_vl")
+SCORED_VLM_TYPES = (
+    "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3", "paligemma", "qwen3_vl", "blip-2",
+)
 #: Where optimum-rbln sizes a LLaVA's (and a LLaVA-NeXT's, per tile) image buffers at run time (not from the
 #: rbln_config): the vision output as the patches plus a CLS position, the projector's output as the patches
 #: only — while ``_update_rbln_config`` compiles the projector for the patches plus CLS under the "full" strategy.
@@ -46,10 +48,26 @@ LLAVA_IMAGE_BUFFERS = {
     "llava": "optimum/rbln/transformers/models/llava/modeling_llava.py:get_image_features",
     "llava_next": "optimum/rbln/transformers/models/llava_next/modeling_llava_next.py:get_image_features",
 }
-#: Architectures whose prompts take one image only through optimum-rbln, and where it fails with more: LLaVA-NeXT's
-#: ``get_image_features`` sizes the projector's output for every image's tiles as padded to the most tiled image's
-#: count, then splits it by each image's own tiles, so two images tiled differently fail.
-SINGLE_IMAGE_TYPES = {"llava_next": LLAVA_IMAGE_BUFFERS["llava_next"]}
+#: Where BLIP-2's processor puts a prompt's image: its query tokens before the text (before its BOS token),
+#: ``num_query_tokens`` of them whatever the images, so a prompt takes one image and no placeholder in the text.
+BLIP2_IMAGE_TOKENS = "transformers/models/blip_2/processing_blip_2.py:Blip2Processor.__call__"
+#: Architectures whose processor places a prompt's image tokens itself: ``<image>`` placeholders are dropped from the
+#: text (an image token left in it would be one more than the image's features).
+PREPENDED_IMAGE_TYPES = {"blip-2": BLIP2_IMAGE_TOKENS}
+#: Architectures whose prompts take one image only, and why (``{optimum}``, ``{transformers}``: the versions):
+#: LLaVA-NeXT's ``get_image_features`` sizes the projector's output for every image's tiles as padded to the most
+#: tiled image's count, then splits it by each image's own tiles, so two images tiled differently fail; BLIP-2's
+#: processor gives a prompt one image's query tokens, whatever its images.
+SINGLE_IMAGE_TYPES = {
+    "llava_next": (
+        f"optimum-rbln {{optimum}} takes one image per prompt ({LLAVA_IMAGE_BUFFERS['llava_next']} sizes the projector's "
+        "output for the tiles of all images padded to the most tiled one's, then splits it by each image's own tiles)"
+    ),
+    "blip-2": (
+        f"transformers {{transformers}}'s processor gives a prompt the query tokens of one image whatever its images "
+        f"({BLIP2_IMAGE_TOKENS})"
+    ),
+}
 #: Where transformers drops a LLaVA tower's first feature (its CLS position) under the "default" strategy.
 LLAVA_DEFAULT_STRATEGY = "transformers/models/llava/modeling_llava.py:LlavaModel.get_image_features"
 #: LLaVA vision towers whose output is the patches only (no CLS position), by ``vision_config.model_type``.
@@ -61,13 +79,20 @@ PADDED_TOWERS = ("pixtral",)
 #: here are scored with the one tower they have.
 SCORED_TOWERS = {"llava": ("clip_vision_model", "pixtral"), "llava_next": ("clip_vision_model",)}
 #: Config fields optimum-rbln reads at compile that transformers' configs do not define, by model type: (sub-config,
-#: field, where optimum-rbln reads it).
-UNDEFINED_CONFIG_FIELDS = {
+#: field, the value the architecture fixes, where optimum-rbln reads it). BLIP-2's vision embeddings always take 3
+#: channels (transformers' ``Blip2VisionEmbeddings``: ``Conv2d(in_channels=3)``); rbln-eval sets the field on the
+#: config it hands optimum-rbln (:func:`export_config`).
+FIXED_CONFIG_FIELDS = {
     "blip-2": (
-        "vision_config", "num_channels",
+        "vision_config", "num_channels", 3,
         "optimum/rbln/transformers/models/blip_2/modeling_blip_2.py:RBLNBlip2VisionModel._update_rbln_config",
     ),
 }
+#: Architectures whose image features come through a Q-Former compiled by optimum-rbln (:func:`qformer_settings`).
+QFORMER_TYPES = ("blip-2",)
+#: Where optimum-rbln compiles BLIP-2's Q-Former for ``image_text_hidden_size`` + 1 image positions (its rbln_config's,
+#: by default the model config's, a fusion width unrelated to them): rbln-eval passes the tower's patches.
+QFORMER_IMAGE_POSITIONS = "optimum/rbln/transformers/models/blip_2/modeling_blip_2.py:RBLNBlip2QFormerModel._update_rbln_config"
 
 
 def supported_vlm_types() -> list[str]:
@@ -131,7 +156,6 @@ def refuse_unrunnable(config: Any) -> None:
     strategy keeping it, cannot run.
     """
     model_type = getattr(config, "model_type", None)
-    refuse_undefined_fields(config)
     if model_type not in SCORED_VLM_TYPES:
         raise ConfigError(
             f"{model_type}: rbln-vlm scores {', '.join(SCORED_VLM_TYPES)}; a {model_type} bundle would compile and "
@@ -195,24 +219,25 @@ def unscored_tower(config: Any) -> str | None:
     return str(tower) if towers is not None and tower not in towers else None
 
 
-def refuse_undefined_fields(config: Any) -> None:
-    """Raise :class:`ConfigError` for a model whose config lacks a field optimum-rbln reads to compile it
-    (:data:`UNDEFINED_CONFIG_FIELDS`): optimum-rbln would fail with an ``AttributeError`` midway."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in UNDEFINED_CONFIG_FIELDS:
-        return
-    import optimum.rbln
-    import transformers
-
-    part, name, reader = UNDEFINED_CONFIG_FIELDS[model_type]
+def export_config(config: Any) -> Any | None:
+    """``config`` with the fields optimum-rbln reads that transformers does not define (:data:`FIXED_CONFIG_FIELDS`)
+    set to the architecture's values, to hand optimum-rbln in its place; ``None`` when none is missing."""
+    fixed = FIXED_CONFIG_FIELDS.get(getattr(config, "model_type", None) or "")
+    if fixed is None:
+        return None
+    part, name, value, _ = fixed
     sub_config = getattr(config, part)
-    if hasattr(sub_config, name):
-        return
-    raise ConfigError(
-        f"{model_type}: optimum-rbln {optimum.rbln.__version__} reads {part}.{name} to compile it ({reader}), which "
-        f"transformers {transformers.__version__}'s {type(sub_config).__name__} does not define and this config does not set",
-        f"set {name} in its {part}",
-    )
+    if getattr(sub_config, name, None) is not None:
+        return None
+    setattr(sub_config, name, value)
+    return config
+
+
+def qformer_settings(rbln_config: dict[str, Any], config: Any) -> None:
+    """BLIP-2's Q-Former compiled for the vision tower's patches (:data:`QFORMER_IMAGE_POSITIONS`)."""
+    vision = config.vision_config
+    qformer = rbln_config.setdefault("qformer", {})
+    qformer.setdefault("image_text_hidden_size", (vision.image_size // vision.patch_size) ** 2)
 
 
 def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -235,6 +260,8 @@ def complete_config(rbln_config: dict[str, Any], config: Any) -> dict[str, Any]:
         text.setdefault("max_seq_len", length)
     if model_type in IMAGE_PREFILL_TYPES:
         image_prefill_settings(text, config)
+    if model_type in QFORMER_TYPES:
+        qformer_settings(rbln_config, config)
     if text.get("logits_to_keep") == 0 and sliding_window(config) is not None:
         refuse_local_attention_logits(str(model_type))  # its first prefill would fail
     if model_type in PREFIX_LM_TYPES and text.get("logits_to_keep") == 0:

@@ -17,6 +17,7 @@ from rbln_eval.families.vision_language.compile import (
     SCORED_VLM_TYPES,
     TEXT_SUBMODULES,
     complete_config,
+    export_config,
     is_vision_language,
     save_processor,
     text_submodule,
@@ -50,6 +51,11 @@ class VisionLanguageFamily(CausalFamily):
 
     def rbln_config(self, options: CompileOptions, model_config: Any) -> dict[str, Any]:
         return complete_config(vlm_rbln_config(options, text_submodule(model_config)), model_config)
+
+    def export_config(self, model_config: Any) -> Any | None:
+        """The model config to hand optimum-rbln in place of the checkpoint's, with the fields it reads that
+        transformers does not define (BLIP-2's ``vision_config.num_channels``); ``None``: the checkpoint's."""
+        return export_config(model_config)
 
     def text_config(self, compile_config: Mapping[str, Any]) -> dict[str, Any]:
         fields = dict(compile_config)

@@ -27,6 +27,7 @@ from rbln_eval.core.lm import BundleLM
 from rbln_eval.util.values import as_bool, as_int
 from rbln_eval.families.vision_language.compile import (
     PREFIX_LM_TYPES,
+    PREPENDED_IMAGE_TYPES,
     SCORED_TOWERS,
     SCORED_VLM_TYPES,
     SINGLE_IMAGE_TYPES,
@@ -110,6 +111,8 @@ class MultimodalEncoding:
         self.steps_go_back = window is None or self.max_length <= window
         if image_string:
             self.image_token = image_string
+        elif model_type in PREPENDED_IMAGE_TYPES and image_token_id is None:
+            self.image_token = ""  # the processor puts the image tokens itself: placeholders are dropped
         else:
             token_id = as_int(image_token_id, "image_token_id") or (
                 getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
@@ -148,12 +151,10 @@ class MultimodalEncoding:
 
     def _single_image_refusal(self, what: str) -> str:
         import optimum.rbln
+        import transformers
 
-        return (
-            f"{what} for a {self.model_type}: optimum-rbln {optimum.rbln.__version__} takes one image per prompt "
-            f"({SINGLE_IMAGE_TYPES[self.model_type]} sizes the projector's output for the tiles of all images padded "
-            "to the most tiled one's, then splits it by each image's own tiles)"
-        )
+        why = SINGLE_IMAGE_TYPES[self.model_type].format(optimum=optimum.rbln.__version__, transformers=transformers.__version__)
+        return f"{what} for a {self.model_type}: {why}"
 
     def _with_image_tokens(self, text: str) -> str:
         """``text`` with its ``<image>`` placeholders as the model's image token, as hf-multimodal's generation

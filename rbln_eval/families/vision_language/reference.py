@@ -5,7 +5,9 @@ with one transformers forward per request over hf-multimodal's own encoding of t
 and images, so multiple-choice image tasks can be compared too (a prefix-LM's, PaliGemma's: the context as its
 prompt and the continuation as its suffix, attended causally, as ``rbln-vlm`` scores it). Its processor is the one
 ``rbln-vlm`` builds (:func:`~rbln_eval.families.vision_language.processors.load_processor`: transformers' own where it can be built,
-Qwen2-VL's without its video processor where torchvision is missing). Everything else is ``hf-multimodal``'s.
+Qwen2-VL's without its video processor where torchvision is missing). Its image token is ``rbln-vlm``'s: none for
+BLIP-2, whose processor puts a prompt's image tokens itself (``<image>`` placeholders are dropped). Everything else
+is ``hf-multimodal``'s.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
 from lm_eval.models.utils import replace_placeholders
 from tqdm import tqdm
 
-from rbln_eval.families.vision_language.compile import PREFIX_LM_TYPES
+from rbln_eval.families.vision_language.compile import PREFIX_LM_TYPES, PREPENDED_IMAGE_TYPES
 from rbln_eval.families.vision_language.processors import encode_prefix_and_suffix, load_processor
 
 
 class HFMultimodalReference(HFMultimodalLM):
     """``hf-multimodal`` plus multimodal log-likelihoods (one forward per request, batch of one)."""
+
+    def __init__(self, *args: Any, image_string: str | None = None, image_token_id: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, image_string=image_string, image_token_id=image_token_id, **kwargs)
+        if not image_string and image_token_id is None and getattr(self.config, "model_type", None) in PREPENDED_IMAGE_TYPES:
+            self.image_token = ""  # as rbln-vlm: the processor puts the image tokens itself, placeholders are dropped
 
     def _create_tokenizer(
         self, pretrained: Any, tokenizer: Any, revision: str | None = "main", trust_remote_code: bool | None = False, **kwargs: Any
