@@ -32,6 +32,7 @@ from rbln_eval.core.work import Media  # noqa: E402
 from rbln_eval.errors import ConfigError  # noqa: E402
 from rbln_eval.evaluation.evaluate import EvalOptions  # noqa: E402
 from rbln_eval.store import Bundle, Store  # noqa: E402
+from lmhelpers import cli_in_process  # noqa: E402
 from remotehelpers import cli, ok, one_line_exit_2  # noqa: E402
 
 BATCH = 4
@@ -204,6 +205,11 @@ def test_run_scores_a_qa_task_and_detects_the_head(scratch: Path, tasks: Path, b
     assert "qa_local_v2" in ran.stdout and "has_ans_f1" in ran.stdout
     wrong = cli("run", "--artifact", bundles["bert", BATCH].digest[:12], "--tasks", "lambada_openai", *common[:2])
     one_line_exit_2(wrong, "(question-answering) is scored on dataset tasks: --tasks lambada_openai is not one")
+    fresh = scratch / "fresh-store"  # a dataset not in the cache: refused before anything is compiled
+    code, out, err = cli_in_process("run", "--model", str(model), "--tasks", "qa_squad", "--store", str(fresh))
+    assert code == 2 and not fresh.exists(), err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot load the dataset of task qa_squad (rajpurkar/squad)")
     assert detect_family(BertConfig(architectures=["BertForQuestionAnswering"])).name == "question-answering"
     assert detect_family(DistilBertConfig(architectures=["DistilBertForQuestionAnswering"])).name == "question-answering"
     assert detect_family(BertConfig(architectures=["BertForMaskedLM"])).name == "masked-lm"

@@ -96,6 +96,7 @@ def run_command(
 
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
+    from rbln_eval.evaluation.datasets.run import checked_examples
     from rbln_eval.evaluation.datasets.spec import split_tasks
     from rbln_eval.evaluation.evaluate import options_from_lm_eval_args, source_model_name
     from rbln_eval.evaluation.preflight import check_chat_template, check_devices, check_eval_options, load_tasks, requested_tp
@@ -130,6 +131,8 @@ def run_command(
         if stored is not None:
             check_task_kind(stored, bool(dataset_tasks), options.tasks)
     manager = None if dataset_tasks else load_tasks(options.tasks, options.include_path, metadata=options.metadata)
+    for task in dataset_tasks:  # their datasets, metrics and columns, before a bundle is compiled or loaded
+        checked_examples(task)
     compiled_now = False
     groups = None
     if artifact:
@@ -277,6 +280,7 @@ def compare_command(
 
     from rbln_eval.evaluation.compare import reference_lm, run_compare
     from rbln_eval.evaluation.datasets.compare import compare_dataset_tasks, reference_forward
+    from rbln_eval.evaluation.datasets.run import checked_examples
     from rbln_eval.evaluation.datasets.spec import split_tasks as split_dataset_tasks
     from rbln_eval.families.registry import family_of
     from rbln_eval.evaluation.evaluate import EvalOptions, parse_seed
@@ -298,6 +302,8 @@ def compare_command(
         )
     if not dataset_tasks:
         load_tasks(options.tasks, include_path)  # unknown tasks and missing datasets fail before loading anything
+    for task in dataset_tasks:
+        checked_examples(task)
     scoring = simple_parse_args_string(model_args) if model_args else {}
     check_scoring_args(scoring)
     bundle = st.resolve(ref)

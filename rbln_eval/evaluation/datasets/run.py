@@ -71,17 +71,24 @@ def limited(count: int, limit: float | None) -> int:
     return min(count, math.ceil(count * limit) if limit < 1 else int(limit))
 
 
+def checked_examples(task: DatasetTask) -> Any:
+    """``task``'s dataset, its metrics and input columns checked: what needs no bundle (``run`` checks it before
+    compiling or loading one)."""
+    check_metrics(task.name, task.kind, task.metrics)
+    dataset = load_examples(task)
+    missing = [column for column in task.columns.values() if column not in dataset.column_names]
+    if missing:
+        raise ConfigError(f"task {task.name}: the dataset has no column {', '.join(map(repr, missing))} ({', '.join(dataset.column_names)})")
+    return dataset
+
+
 def prepare_task(task: DatasetTask, classifier: BundleClassifier, id2label: Any, limit: float | None) -> PreparedTask:
     """Load ``task``'s dataset and check it against the bundle, before any device work."""
     family = classifier.family
     bundle = classifier.bundle.digest[:12]
     if task.kind != family.task_kind:
         raise ConfigError(f"task {task.name} is a {task.kind} task; bundle {bundle} is a {family.name} bundle")
-    check_metrics(task.name, task.kind, task.metrics)
-    dataset = load_examples(task)
-    missing = [column for column in task.columns.values() if column not in dataset.column_names]
-    if missing:
-        raise ConfigError(f"task {task.name}: the dataset has no column {', '.join(map(repr, missing))} ({', '.join(dataset.column_names)})")
+    dataset = checked_examples(task)
     count = limited(len(dataset), limit)
     if task.kind == "question-answering":
         answers = dataset_answers(task, dataset.select(range(count)))
