@@ -37,15 +37,24 @@ def sample_values(results: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def cli_in_process(*args: str) -> tuple[int, str, str]:
-    """``rbln-eval ARGS`` in this process, outside any capture: exit status, stdout, stderr."""
+    """``rbln-eval ARGS`` in this process, outside any capture: exit status, stdout, stderr. The ``lm_eval`` logger is
+    left as it was (lm_eval's ``setup_logging`` gives it a handler and stops it propagating, once per process)."""
+    import logging
+
     from rbln_eval.cli import main
 
+    lm_eval_logger = logging.getLogger("lm_eval")
+    handlers, propagate, level = list(lm_eval_logger.handlers), lm_eval_logger.propagate, lm_eval_logger.level
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        lm_eval_logger.handlers[:] = handlers
+        lm_eval_logger.propagate, lm_eval_logger.level = propagate, level
     return code, out.getvalue(), err.getvalue()
 
