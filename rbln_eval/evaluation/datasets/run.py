@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -28,7 +29,8 @@ from rbln_eval.evaluation.datasets.classify import ClassLabels, class_labels, sc
 from rbln_eval.evaluation.datasets.metrics import check_metrics
 from rbln_eval.evaluation.datasets.spec import DatasetTask
 
-#: Batches per replica prepared at a time: one chunk runs while the next is prepared.
+#: Batches per replica prepared at a time: one chunk runs while the next is prepared (the first chunk is one
+#: batch per replica, so that the device starts after one batch is ready).
 CHUNK_BATCHES = 4
 #: The columns that may name files (read from the task's folder when relative).
 MEDIA_ROLES = ("image", "audio")
@@ -97,9 +99,13 @@ def prepare_task(task: DatasetTask, classifier: BundleClassifier, id2label: Any,
     return PreparedTask(task, dataset.select(range(count)), len(dataset), labels=labels.limited(count))
 
 
-def chunks(count: int, size: int) -> Iterator[range]:
-    for start in range(0, count, size):
-        yield range(start, min(count, start + size))
+def chunks(count: int, size: int, first: int | None = None) -> Iterator[range]:
+    """Consecutive ranges of ``size`` examples over ``count``; the first of ``first`` (so the device starts sooner)."""
+    start = 0
+    while start < count:
+        end = min(count, start + (first if first and start == 0 else size))
+        yield range(start, end)
+        start = end
 
 
 def run_task(
@@ -120,20 +126,28 @@ def run_task(
         fields = example(index)
         return fields, family.example_features(preprocessor, fields, task.columns)
 
-    size = classifier.batch_size * classifier.data_parallel * CHUNK_BATCHES
+    unit = classifier.batch_size * classifier.data_parallel  # a batch for every replica
     predictions: list[Any] = []
+    waiting: deque[tuple[dict[str, Any], list[dict[str, Any]]]] = deque()  # examples whose rows are not all run
+    unsent: list[dict[str, Any]] = []  # their rows not yet sent: whole batches go, the rest waits for the next chunk
+    received: list[Any] = []  # the outputs of the rows sent, in order, not yet taken by their example
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        parts = list(chunks(len(dataset), size))
+        parts = list(chunks(len(dataset), unit * CHUNK_BATCHES, first=unit))
         ahead: Iterator[tuple[dict[str, Any], list[dict[str, Any]]]] | None = pool.map(example_rows, parts[0]) if parts else None
         for number in range(len(parts)):
-            prepared_rows = list(ahead) if ahead is not None else []
+            ready = list(ahead) if ahead is not None else []
             ahead = pool.map(example_rows, parts[number + 1]) if number + 1 < len(parts) else None
-            outputs = iter(classifier.forward([Media(row, 1, "") for _, rows in prepared_rows for row in rows]))
-            for fields, rows in prepared_rows:
-                mine = [host_outputs(next(outputs)) for _ in rows]
+            waiting.extend(ready)
+            unsent.extend(row for _, features in ready for row in features)
+            count = len(unsent) if ahead is None else len(unsent) // unit * unit
+            received += [host_outputs(out) for out in classifier.forward([Media(row, 1, "") for row in unsent[:count]])]
+            del unsent[:count]
+            while waiting and len(received) >= len(waiting[0][1]):
+                fields, features = waiting.popleft()
+                mine, received[: len(features)] = received[: len(features)], []
                 if outputs_seen is not None:
                     outputs_seen.append(mine)
-                predictions.append(family.example_prediction(fields, task.columns, rows, mine, task.config))
+                predictions.append(family.example_prediction(fields, task.columns, features, mine, task.config))
     if prepared.answers is not None:
         metrics, samples = score_answers(prepared.answers, task.metrics, predictions, log_samples)
     else:
