@@ -92,7 +92,8 @@ def run_command(
     """Evaluate a bundle with lm-evaluation-harness (compiling it first with --model on a miss).
 
     Every option of `lm-eval run` is taken as lm_eval takes it (listed below); results are named after the
-    model, as lm_eval's hf model names them: OUTPUT/<model>/results_<time>.json.
+    model, as lm_eval's hf model names them: OUTPUT/<model>/results_<time>.json. Classifier and extractive QA
+    bundles are scored on dataset tasks instead (cls_*, qa_*, or YAML files with a dataset_task key).
 
     Example: rbln-eval run --artifact 3f2a9c --tasks lambada_openai --limit 100 --output_path results/
     """
