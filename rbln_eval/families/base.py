@@ -214,6 +214,8 @@ class Family:
     #: The kind of dataset task this family's bundles are scored on (``image-classification``, …); ``None``: the
     #: family is scored on lm_eval's tasks by :attr:`lm_class`.
     task_kind: str | None = None
+    #: Whether every example is checked (:meth:`check_example`) before the first device call.
+    checks_examples = False
 
     def load_preprocessor(self, path: Path) -> Any:
         """The bundle's preprocessor (image processor, feature extractor, tokenizer) of dataset examples."""
@@ -226,9 +228,6 @@ class Family:
     def check_example(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> None:
         """Refuse an example before any device work, from what is cheap to read (an audio file's header); only
         called where :attr:`checks_examples`."""
-
-    #: Whether every example is checked (:meth:`check_example`) before the first device call.
-    checks_examples = False
 
     def example_features(self, preprocessor: Any, example: Mapping[str, Any], columns: Mapping[str, str]) -> list[dict[str, Any]]:
         """The rows one dataset example takes (one, unless its input is split: a long QA context's windows)."""
