@@ -135,7 +135,8 @@ def reference_lm(
 # --------------------------------------------------------------------------------------------------
 
 
-def _scaled(delta: float, reference: float) -> float:
+def scaled(delta: float, reference: float) -> float:
+    """|delta| against the tolerance: absolute for values up to 1, relative above."""
     return abs(delta) / max(1.0, abs(reference))
 
 
@@ -160,7 +161,7 @@ def compare_task(task: str, output_type: str, ours: dict[str, Any], ref: dict[st
             continue
         metric = MetricDelta(key, float(mine), float(value), float(mine) - float(value))
         result.metrics.append(metric)
-        if tolerance is not None and not _scaled(metric.delta, metric.reference) <= tolerance:
+        if tolerance is not None and not scaled(metric.delta, metric.reference) <= tolerance:
             result.failures.append(f"{key} differs by {metric.delta:+.3g}")
     by_doc = {sample["doc_id"]: sample for sample in ours_samples}
     if set(by_doc) != {sample["doc_id"] for sample in ref_samples}:
@@ -179,7 +180,7 @@ def compare_task(task: str, output_type: str, ours: dict[str, Any], ref: dict[st
             a, b = [_logprob(x) for x in mine], [_logprob(x) for x in theirs]
             for x, y in zip(a, b):
                 deltas.append(abs(x - y))
-                worst = max(worst, _scaled(x - y, y) if math.isfinite(x - y) else math.inf)
+                worst = max(worst, scaled(x - y, y) if math.isfinite(x - y) else math.inf)
             if output_type == "multiple_choice" and b:
                 agree += int(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__))
         elif output_type == "generate_until":

@@ -22,6 +22,7 @@ from rbln_eval.evaluation.compare import (
     MetricDelta,
     TaskComparison,
     reference_source,
+    scaled,
 )
 from rbln_eval.evaluation.datasets.run import prepare_tasks, run_task
 from rbln_eval.evaluation.datasets.spec import DatasetTask
@@ -65,10 +66,6 @@ def reference_forward(bundle: Bundle, family: Family, batch_size: int = 8) -> Re
     model_class = getattr(transformers, getattr(modeling_auto, family.transformers_mapping)[config.model_type])
     model = model_class.from_pretrained(pretrained, revision=revision, dtype=torch.float32).eval()
     return ReferenceForward(family, model, batch_size)
-
-
-def scaled(delta: float, reference: float) -> float:
-    return abs(delta) / max(1.0, abs(reference))
 
 
 def compare_outputs(ours: list[list[Any]], theirs: list[list[Any]]) -> tuple[float, float, float]:

@@ -32,8 +32,6 @@ from rbln_eval.evaluation.datasets.spec import DatasetTask
 #: Batches per replica prepared at a time: one chunk runs while the next is prepared (the first chunk is one
 #: batch per replica, so that the device starts after one batch is ready).
 CHUNK_BATCHES = 4
-#: The columns that may name files (read from the task's folder when relative).
-MEDIA_ROLES = ("image", "audio")
 
 
 @dataclass
@@ -92,11 +90,11 @@ def prepare_task(task: DatasetTask, classifier: BundleClassifier, id2label: Any,
         raise ConfigError(f"task {task.name} is a {task.kind} task; bundle {bundle} is a {family.name} bundle")
     dataset = checked_examples(task)
     count = limited(len(dataset), limit)
+    examples = dataset.select(range(count))
     if task.kind == "question-answering":
-        answers = dataset_answers(task, dataset.select(range(count)))
-        return PreparedTask(task, dataset.select(range(count)), len(dataset), answers=answers)
-    labels = class_labels(task, dataset, id2label, bundle)
-    return PreparedTask(task, dataset.select(range(count)), len(dataset), labels=labels.limited(count))
+        return PreparedTask(task, examples, len(dataset), answers=dataset_answers(task, examples))
+    labels = class_labels(task, dataset, id2label, bundle)  # every label name, the unselected examples' too
+    return PreparedTask(task, examples, len(dataset), labels=labels.limited(count))
 
 
 def chunks(count: int, size: int, first: int | None = None) -> Iterator[range]:
@@ -116,14 +114,9 @@ def run_task(
     appended to ``outputs_seen`` when given (``compare`` holds them against the reference's)."""
     task, dataset = prepared.task, prepared.dataset
     family = classifier.family
-    files = {task.columns[role] for role in MEDIA_ROLES if role in task.columns}
-
-    def example(index: int) -> dict[str, Any]:
-        return {name: task.resolve(value) if name in files and isinstance(value, str) else value
-                for name, value in dataset[index].items()}
 
     def example_rows(index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        fields = example(index)
+        fields = task.example(dataset[index])
         return fields, family.example_features(preprocessor, fields, task.columns)
 
     unit = classifier.batch_size * classifier.data_parallel  # a batch for every replica
@@ -173,7 +166,7 @@ def add_hashes(prepared: PreparedTask, samples: list[dict]) -> None:
 
     from lm_eval.utils import hash_string
 
-    media = {prepared.task.columns[role] for role in MEDIA_ROLES if role in prepared.task.columns}
+    media = prepared.task.media_columns
     fields = prepared.dataset.select_columns([c for c in prepared.dataset.column_names if c not in media])
     for sample, row in zip(samples, fields):
         sample["doc"] = row
@@ -198,11 +191,9 @@ def prepare_tasks(classifier: BundleClassifier, tasks: Sequence[DatasetTask], li
 def check_examples(family: Any, prepared: PreparedTask, preprocessor: Any) -> None:
     """Every example of a task checked by its family (an audio clip's sampling rate), before any device work."""
     task = prepared.task
-    files = {task.columns[role] for role in MEDIA_ROLES if role in task.columns}
     for index, row in enumerate(prepared.dataset.select_columns(sorted(set(task.columns.values())))):
-        example = {name: task.resolve(value) if name in files and isinstance(value, str) else value for name, value in row.items()}
         try:
-            family.check_example(preprocessor, example, task.columns)
+            family.check_example(preprocessor, task.example(row), task.columns)
         except RblnEvalError as exc:
             raise type(exc)(f"task {task.name}, example {index}: {exc.what}", exc.hint) from None
 

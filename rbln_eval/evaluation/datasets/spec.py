@@ -36,6 +36,8 @@ KIND_COLUMNS = {
 #: How many of each kind's columns are required (the first ones); one unless said.
 REQUIRED_COLUMNS = {"question-answering": 2}
 TASK_KEY = "dataset_task"
+#: The roles whose columns may name files (read from the task's folder when relative).
+MEDIA_ROLES = ("image", "audio")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,16 @@ class DatasetTask:
             data_files=config.get("data_files"), label_names=tuple(names) if names else None, label_map=label_map,
             version=float(config.get("version", 1.0)), folder=folder, config=dict(config),
         )
+
+    @property
+    def media_columns(self) -> set[str]:
+        """The columns holding images or audio clips (which may name files)."""
+        return {self.columns[role] for role in MEDIA_ROLES if role in self.columns}
+
+    def example(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A dataset row with the relative file names of its media columns read from the YAML's folder."""
+        media = self.media_columns
+        return {name: self.resolve(value) if name in media and isinstance(value, str) else value for name, value in row.items()}
 
     def load_kwargs(self) -> dict[str, Any]:
         """``datasets.load_dataset`` arguments, local data files resolved from the YAML's folder."""

@@ -165,6 +165,7 @@ def refuse_unrunnable(config: Any) -> None:
     if model_type not in LLAVA_IMAGE_BUFFERS:
         return
     import optimum.rbln
+    import transformers
 
     vision = config.vision_config
     tower = getattr(vision, "model_type", None)
@@ -172,7 +173,7 @@ def refuse_unrunnable(config: Any) -> None:
         if config.vision_feature_select_strategy != "full":
             raise ConfigError(
                 f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} with a {tower} tower: "
-                f"transformers {transformers_version()} drops the first of the tower's features "
+                f"transformers {transformers.__version__} drops the first of the tower's features "
                 f"({LLAVA_DEFAULT_STRATEGY}), and a {tower} tower has no CLS position to drop, so the image features "
                 "are one short of the processor's image tokens",
                 "use a checkpoint with the 'full' strategy (as Pixtral's own)",
@@ -204,12 +205,6 @@ def refuse_unrunnable(config: Any) -> None:
             "so the CLS position does not fit",
             "use a checkpoint with the 'default' strategy",
         )
-
-
-def transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def unscored_tower(config: Any) -> str | None:

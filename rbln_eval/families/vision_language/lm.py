@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from lm_eval.models.hf_vlms import DEFAULT_IMAGE_PLACEHOLDER, HFMultimodalLM
 from lm_eval.models.utils import flatten_image_list, replace_placeholders, resize_image
 
-from rbln_eval.core.programs import LoglikelihoodJob, plan_loglikelihood
+from rbln_eval.core.programs import plan_loglikelihood
 from rbln_eval.errors import ConfigError
 from rbln_eval.core.work import GenerateWork, Media, ScoreWork
 from rbln_eval.core.lm import BundleLM
@@ -33,7 +33,6 @@ from rbln_eval.families.vision_language.compile import (
     SINGLE_IMAGE_TYPES,
     unscored_tower,
 )
-from rbln_eval.families.causal.family import sliding_window
 from rbln_eval.families.vision_language.processors import TOKEN_FIELDS, encode_prefix_and_suffix, load_processor
 from rbln_eval.errors import MultimodalRequestError
 
@@ -106,9 +105,6 @@ class MultimodalEncoding:
         if self.image_max_side and (self.image_width or self.image_height):
             raise ConfigError("pass image_max_side or image_width/image_height, not both")
         self.chat_applied = False
-        window = sliding_window(config)
-        # decode steps may go back to the context's end (the next continuation) only while the window holds it all
-        self.steps_go_back = window is None or self.max_length <= window
         if image_string:
             self.image_token = image_string
         elif model_type in PREPENDED_IMAGE_TYPES and image_token_id is None:
@@ -216,10 +212,7 @@ class MultimodalEncoding:
         owners: list[tuple[int, ...]] = []
         for members in groups.values():  # requests share a prefill only when their images are the same
             pairs = [(encoded[i][0], encoded[i][1]) for i in members]
-            if self.steps_go_back:
-                jobs = plan_loglikelihood(pairs, full_logits=self.shape.full_logits)
-            else:  # one continuation per prefill: its decode steps only go forward
-                jobs = [LoglikelihoodJob(tuple(tokens), (m,)) for m, (tokens, _) in enumerate(pairs)]
+            jobs = plan_loglikelihood(pairs, full_logits=self.shape.full_logits, steps_go_back=self.shape.steps_go_back)
             for job in jobs:
                 indices = tuple(members[m] for m in job.members)
                 _, _, image_inputs, count, key = encoded[indices[0]]
